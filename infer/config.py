@@ -1,0 +1,116 @@
+"""Settings, read once from the environment (INFER_*), and development secrets."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "changethis", "dev", "development"}
+_SECRET_FIELDS = ("secret_key", "lookup_key", "encryption_keys")
+
+
+class Settings(BaseSettings):
+    """Everything the platform can be configured with; see the README's table."""
+
+    model_config = SettingsConfigDict(env_prefix="INFER_", frozen=True, extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./infer.db"
+    redis_url: str | None = None
+    redis_prefix: str = "infer"
+    public_url: str = "http://127.0.0.1:8000"
+    health_interval: float = Field(default=60.0, gt=0)
+    allow_private_endpoints: bool = False
+    platform_fee: Decimal = Field(default=Decimal("0.10"), ge=0, lt=1)
+
+    secret_key: SecretStr | None = None
+    lookup_key: SecretStr | None = None
+    encryption_keys: SecretStr | None = None
+    secrets_file: Path = Path(".infer/secrets.json")
+
+    session_ttl_seconds: int = Field(default=14 * 24 * 3600, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    login_limit_account: str = "10/5 minutes"
+    login_limit_address: str = "30/5 minutes"
+    graphql_max_depth: int = 12
+    graphql_max_aliases: int = 30
+    graphql_max_tokens: int = 2000
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "info"
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets_in_production(self) -> Settings:
+        if self.env == "production":
+            for name in _SECRET_FIELDS:
+                value = getattr(self, name)
+                if value is None or value.get_secret_value().strip().lower() in _PLACEHOLDERS:
+                    raise ValueError(f"INFER_{name.upper()} must be set in production")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies are Secure only when the platform is served over https."""
+        return urlsplit(self.public_url).scheme == "https"
+
+    @property
+    def public_origin(self) -> str:
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def secret(self, name: Literal["secret_key", "lookup_key", "encryption_keys"]) -> str:
+        value = getattr(self, name)
+        if value is None:
+            raise RuntimeError(f"INFER_{name.upper()} is not configured")
+        return str(value.get_secret_value())
+
+
+def _new_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def with_development_secrets(settings: Settings) -> Settings:
+    """Fill missing secrets from the local secrets file, creating it (mode 0600) once."""
+    missing = [name for name in _SECRET_FIELDS if getattr(settings, name) is None]
+    if not missing:
+        return settings
+    path = settings.secrets_file
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    generated = {
+        "secret_key": stored.get("secret_key") or _new_key(),
+        "lookup_key": stored.get("lookup_key") or _new_key(),
+        "encryption_keys": stored.get("encryption_keys") or f"1:{_new_key()}",
+    }
+    if generated != stored:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(generated, handle)
+    return settings.model_copy(update={name: SecretStr(generated[name]) for name in missing})
+
+
+def load_settings() -> Settings:
+    """Read the environment once; in development, complete it with local secrets."""
+    settings = Settings()
+    if not settings.is_production:
+        settings = with_development_secrets(settings)
+    return settings

@@ -1,0 +1,306 @@
+"""SQLModel tables: the whole data model of INFER. Money is integer micro-USD."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Stores UTC and always returns timezone-aware datetimes (SQLite keeps none)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _time(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _created() -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+def _money(default: int = 0) -> Any:
+    return Field(default=default, sa_type=sa.BigInteger, nullable=False)
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ADMIN = "admin"
+
+
+class Runtime(enum.StrEnum):
+    OLLAMA = "ollama"
+    EXO = "exo"
+    OPENAI = "openai"
+
+
+class NodeStatus(enum.StrEnum):
+    PENDING = "pending"
+    ONLINE = "online"
+    DEGRADED = "degraded"
+    OFFLINE = "offline"
+    DISABLED = "disabled"
+
+
+class AccountKind(enum.StrEnum):
+    USER = "user"
+    FEES = "platform_fees"
+    GRANTS = "grants"
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    email: str = Field(max_length=254, unique=True, index=True)
+    password_hash: str | None = Field(default=None, max_length=255)
+    google_subject: str | None = Field(default=None, max_length=255, unique=True)
+    role: Role = Field(default=Role.USER, sa_type=sa.String(16))
+    created_at: datetime = _created()
+    password_changed_at: datetime | None = _time(nullable=True)
+
+
+class Session(SQLModel, table=True):
+    """Server-side record of one signed session token (its `jti`)."""
+
+    __tablename__ = "sessions"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    revoked_at: datetime | None = _time(nullable=True)
+    ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=512)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=100)
+    prefix: str = Field(max_length=16)
+    digest: str = Field(max_length=64, unique=True)
+    digest_version: int = Field(default=1)
+    ciphertext: bytes = Field(sa_type=sa.LargeBinary)
+    key_version: int
+    created_at: datetime = _created()
+    last_used_at: datetime | None = _time(nullable=True)
+    expires_at: datetime | None = _time(nullable=True)
+    revoked_at: datetime | None = _time(nullable=True)
+    rotated_from_id: uuid.UUID | None = Field(default=None, foreign_key="api_keys.id")
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+class Node(SQLModel, table=True):
+    __tablename__ = "nodes"
+    __table_args__ = (sa.UniqueConstraint("operator_id", "name"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    operator_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=100)
+    runtime: Runtime = Field(sa_type=sa.String(16))
+    endpoint: str = Field(max_length=2048)
+    token_ciphertext: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
+    token_key_version: int | None = None
+    gpu: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    status: NodeStatus = Field(default=NodeStatus.PENDING, sa_type=sa.String(16), index=True)
+    status_reason: str | None = Field(default=None, max_length=500)
+    capacity: int = Field(default=4)
+    consecutive_failures: int = Field(default=0)
+    consecutive_successes: int = Field(default=0)
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    tokens_per_second: float | None = None
+    last_checked_at: datetime | None = _time(nullable=True)
+    next_check_at: datetime | None = _time(nullable=True, index=True)
+    created_at: datetime = _created()
+    updated_at: datetime = _created()
+
+
+class NodeModel(SQLModel, table=True):
+    __tablename__ = "node_models"
+    __table_args__ = (sa.UniqueConstraint("node_id", "model"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    node_id: uuid.UUID = Field(foreign_key="nodes.id", index=True, ondelete="CASCADE")
+    model: str = Field(max_length=200, index=True)
+    available: bool = Field(default=False)
+    loaded: bool = Field(default=False)
+    input_price_per_million: int = _money()
+    output_price_per_million: int = _money()
+
+
+class HealthCheck(SQLModel, table=True):
+    __tablename__ = "health_checks"
+    __table_args__ = (sa.Index("ix_health_checks_node_time", "node_id", "checked_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: uuid.UUID = Field(foreign_key="nodes.id", ondelete="CASCADE")
+    checked_at: datetime = _created()
+    ok: bool
+    latency_ms: float | None = None
+    model_count: int = Field(default=0)
+    error: str | None = Field(default=None, max_length=500)
+
+
+class LedgerAccount(SQLModel, table=True):
+    """An account of the ledger; `balance` caches the sum of its entries."""
+
+    __tablename__ = "ledger_accounts"
+    __table_args__ = (
+        sa.CheckConstraint("kind <> 'user' OR balance >= 0", name="user_balance_not_negative"),
+        sa.CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=80, unique=True)
+    kind: AccountKind = Field(sa_type=sa.String(16))
+    user_id: uuid.UUID | None = Field(
+        default=None, foreign_key="users.id", unique=True, ondelete="RESTRICT"
+    )
+    balance: int = _money()
+    reserved: int = _money()
+    created_at: datetime = _created()
+
+
+class LedgerTransaction(SQLModel, table=True):
+    __tablename__ = "ledger_transactions"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    kind: str = Field(max_length=32, index=True)
+    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
+    memo: str | None = Field(default=None, max_length=500)
+    actor_id: uuid.UUID | None = Field(default=None, foreign_key="users.id")
+    created_at: datetime = _created()
+
+
+class LedgerEntry(SQLModel, table=True):
+    __tablename__ = "ledger_entries"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)
+    transaction_id: uuid.UUID = Field(foreign_key="ledger_transactions.id", index=True)
+    account_id: uuid.UUID = Field(foreign_key="ledger_accounts.id", index=True)
+    amount: int = _money()
+
+
+class Hold(SQLModel, table=True):
+    """Funds reserved on an account while a request runs; released or expired."""
+
+    __tablename__ = "holds"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    account_id: uuid.UUID = Field(foreign_key="ledger_accounts.id", index=True)
+    amount: int = _money()
+    request_id: str = Field(max_length=64, unique=True)
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    released_at: datetime | None = _time(nullable=True)
+
+
+class UsageRecord(SQLModel, table=True):
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        sa.Index("ix_usage_buyer_time", "buyer_id", "created_at"),
+        sa.Index("ix_usage_operator_time", "operator_id", "created_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    request_id: str = Field(max_length=64, unique=True)
+    buyer_id: uuid.UUID = Field(foreign_key="users.id")
+    api_key_id: uuid.UUID | None = Field(default=None, foreign_key="api_keys.id")
+    node_id: uuid.UUID | None = Field(default=None, foreign_key="nodes.id", ondelete="SET NULL")
+    operator_id: uuid.UUID | None = Field(default=None, foreign_key="users.id")
+    model: str = Field(max_length=200)
+    prompt_tokens: int = Field(default=0)
+    completion_tokens: int = Field(default=0)
+    estimated: bool = Field(default=False)
+    cost: int = _money()
+    operator_earning: int = _money()
+    platform_fee: int = _money()
+    status: str = Field(max_length=32)
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    transaction_id: uuid.UUID | None = Field(default=None, foreign_key="ledger_transactions.id")
+    created_at: datetime = _created()
+
+
+class Review(SQLModel, table=True):
+    __tablename__ = "reviews"
+    __table_args__ = (
+        sa.UniqueConstraint("provider_id", "reviewer_id"),
+        sa.CheckConstraint("rating BETWEEN 1 AND 5", name="rating_range"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    provider_id: uuid.UUID = Field(foreign_key="users.id", index=True)
+    reviewer_id: uuid.UUID = Field(foreign_key="users.id", index=True)
+    rating: int
+    comment: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = _created()
+    updated_at: datetime = _created()
+
+
+class AuditLog(SQLModel, table=True):
+    """Append-only record of security-relevant actions."""
+
+    __tablename__ = "audit_logs"
+    __table_args__ = (sa.Index("ix_audit_actor_time", "actor_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)
+    actor_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+    action: str = Field(max_length=64, index=True)
+    target: str | None = Field(default=None, max_length=200)
+    ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=512)
+    details: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    created_at: datetime = _created()
+
+
+class Notification(SQLModel, table=True):
+    __tablename__ = "notifications"
+    __table_args__ = (sa.Index("ix_notifications_user_time", "user_id", "created_at"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE")
+    node_id: uuid.UUID | None = Field(default=None, foreign_key="nodes.id", ondelete="SET NULL")
+    kind: str = Field(max_length=32)
+    message: str = Field(max_length=500)
+    created_at: datetime = _created()
+    read_at: datetime | None = _time(nullable=True)

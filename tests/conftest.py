@@ -1,0 +1,134 @@
+"""Shared fixtures: a fresh database per test, on SQLite and (when reachable) PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from pydantic import SecretStr
+from starlette.applications import Starlette
+
+from infer.app import create_app
+from infer.config import Settings
+from infer.db import Database, upgrade_database
+
+POSTGRES_DSN = os.environ.get("INFER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("INFER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# CI sets this so an unreachable PostgreSQL or Redis fails the run instead of skipping.
+REQUIRE_SERVICES = os.environ.get("INFER_TEST_REQUIRE_SERVICES") == "1"
+TEST_ENCRYPTION_KEYS = "1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+_counter = itertools.count()
+
+
+def _asyncpg_url(dsn: str, database: str) -> str:
+    base = dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{database}"
+
+
+async def _pg_admin(*statements: str) -> None:
+    connection = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def _services_reachable() -> str | None:
+    try:
+        asyncio.run(_pg_admin("SELECT 1"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"PostgreSQL unreachable: {exc}"
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        return f"Redis unreachable: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade_database(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    problem = _services_reachable()
+    if problem:
+        if REQUIRE_SERVICES:
+            pytest.fail(problem)
+        pytest.skip(problem)
+    name = f"infer_tpl_{os.getpid()}"
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"))
+    upgrade_database(_asyncpg_url(POSTGRES_DSN, name))
+    yield name
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of its own for this test."""
+    if backend == "sqlite":
+        path = tmp_path / "infer.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    template = request.getfixturevalue("postgres_template")
+    name = f"infer_t_{os.getpid()}_{next(_counter)}"
+    asyncio.run(_pg_admin(f"CREATE DATABASE {name} TEMPLATE {template}"))
+    yield _asyncpg_url(POSTGRES_DSN, name)
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def settings(backend: str, database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=REDIS_URL if backend == "postgres" else None,
+        redis_prefix=f"infer-test-{uuid.uuid4().hex}",
+        secret_key=SecretStr("test-session-secret-" + "x" * 32),
+        lookup_key=SecretStr("test-lookup-secret-" + "y" * 32),
+        encryption_keys=SecretStr(TEST_ENCRYPTION_KEYS),
+        secrets_file=tmp_path / "secrets.json",
+        health_interval=60,
+        allow_private_endpoints=True,
+    )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database.from_url(settings.database_url)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Starlette]:
+    async with LifespanManager(create_app(settings)) as manager:
+        yield manager.app  # type: ignore[misc]
+
+
+@pytest.fixture
+async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
+        yield http
