@@ -1,0 +1,1 @@
+"""Cryptography, passwords, sessions, API-key format and the outbound URL guard."""
