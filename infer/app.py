@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from infer.config import Settings
-from infer.db import Database
+from infer.middleware import BodySizeLimit, SecurityHeaders
+from infer.resources import Resources
+from infer.schema.root import build_schema
+from infer.schema.view import GraphQLView
+
+log = logging.getLogger(__name__)
 
 
 class State(TypedDict):
-    settings: Settings
-    db: Database
+    resources: Resources
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -25,7 +31,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    if await request.state.db.ping():
+    if await request.state.resources.db.ping():
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "database unreachable"}, status_code=503)
 
@@ -35,11 +41,31 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        db = Database.from_url(settings.database_url)
+        resources = Resources.open(settings)
+        resources.start_background()
         try:
-            yield {"settings": settings, "db": db}
+            yield {"resources": resources}
         finally:
-            await db.dispose()
+            await resources.close()
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    schema = build_schema(
+        max_depth=settings.graphql_max_depth,
+        max_aliases=settings.graphql_max_aliases,
+        max_tokens=settings.graphql_max_tokens,
+    )
+    graphql = GraphQLView(
+        schema,
+        graphql_ide=None if settings.is_production else "graphiql",
+        allow_queries_via_get=True,
+        multipart_uploads_enabled=False,
+    )
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders, production=settings.is_production),
+        Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     login_limit_account: str = "10/5 minutes"
     login_limit_address: str = "30/5 minutes"
+    signup_limit_address: str = "20/hour"
     graphql_max_depth: int = 12
     graphql_max_aliases: int = 30
     graphql_max_tokens: int = 2000

@@ -45,12 +45,33 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class StrEnumType(sa.types.TypeDecorator[enum.StrEnum]):
+    """A string column that reads back as its StrEnum (no database enum type to migrate)."""
+
+    impl = sa.String(16)
+    cache_ok = True
+
+    def __init__(self, enum_class: type[enum.StrEnum]) -> None:
+        super().__init__()
+        self.enum_class = enum_class
+
+    def process_bind_param(self, value: enum.StrEnum | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum_class(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> enum.StrEnum | None:
+        return None if value is None else self.enum_class(value)
+
+
 def _time(*, nullable: bool = False, index: bool = False) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
 
 
 def _created() -> Any:
     return Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+_BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def _money(default: int = 0) -> Any:
@@ -89,7 +110,7 @@ class User(SQLModel, table=True):
     email: str = Field(max_length=254, unique=True, index=True)
     password_hash: str | None = Field(default=None, max_length=255)
     google_subject: str | None = Field(default=None, max_length=255, unique=True)
-    role: Role = Field(default=Role.USER, sa_type=sa.String(16))
+    role: Role = Field(default=Role.USER, sa_type=StrEnumType(Role))
     created_at: datetime = _created()
     password_changed_at: datetime | None = _time(nullable=True)
 
@@ -135,12 +156,14 @@ class Node(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     operator_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
     name: str = Field(max_length=100)
-    runtime: Runtime = Field(sa_type=sa.String(16))
+    runtime: Runtime = Field(sa_type=StrEnumType(Runtime))
     endpoint: str = Field(max_length=2048)
     token_ciphertext: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
     token_key_version: int | None = None
     gpu: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
-    status: NodeStatus = Field(default=NodeStatus.PENDING, sa_type=sa.String(16), index=True)
+    status: NodeStatus = Field(
+        default=NodeStatus.PENDING, sa_type=StrEnumType(NodeStatus), index=True
+    )
     status_reason: str | None = Field(default=None, max_length=500)
     capacity: int = Field(default=4)
     consecutive_failures: int = Field(default=0)
@@ -191,7 +214,7 @@ class LedgerAccount(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(max_length=80, unique=True)
-    kind: AccountKind = Field(sa_type=sa.String(16))
+    kind: AccountKind = Field(sa_type=StrEnumType(AccountKind))
     user_id: uuid.UUID | None = Field(
         default=None, foreign_key="users.id", unique=True, ondelete="RESTRICT"
     )
@@ -214,7 +237,7 @@ class LedgerTransaction(SQLModel, table=True):
 class LedgerEntry(SQLModel, table=True):
     __tablename__ = "ledger_entries"
 
-    id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)
+    id: int | None = Field(default=None, primary_key=True, sa_type=_BIG_ID)
     transaction_id: uuid.UUID = Field(foreign_key="ledger_transactions.id", index=True)
     account_id: uuid.UUID = Field(foreign_key="ledger_accounts.id", index=True)
     amount: int = _money()
@@ -283,7 +306,7 @@ class AuditLog(SQLModel, table=True):
     __tablename__ = "audit_logs"
     __table_args__ = (sa.Index("ix_audit_actor_time", "actor_id", "created_at"),)
 
-    id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)
+    id: int | None = Field(default=None, primary_key=True, sa_type=_BIG_ID)
     actor_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
     action: str = Field(max_length=64, index=True)
     target: str | None = Field(default=None, max_length=200)

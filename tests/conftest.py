@@ -13,13 +13,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from infer.app import create_app
 from infer.config import Settings
 from infer.db import Database, upgrade_database
+from infer.resources import Resources
 
 POSTGRES_DSN = os.environ.get("INFER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("INFER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -122,13 +123,72 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[Starlette]:
-    async with LifespanManager(create_app(settings)) as manager:
-        yield manager.app  # type: ignore[misc]
+async def running_app(settings: Settings) -> AsyncIterator[tuple[ASGIApp, Resources]]:
+    """The app with its lifespan running, as a server would run it, and its resources."""
+    app: Starlette = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+
+        async def served(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["state"] = dict(state or {})  # a copy per request, as servers do
+            await app(scope, receive, send)
+
+        yield served, state["resources"]
 
 
 @pytest.fixture
-async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+def app(running_app: tuple[ASGIApp, Resources]) -> ASGIApp:
+    return running_app[0]
+
+
+@pytest.fixture
+def resources(running_app: tuple[ASGIApp, Resources]) -> Resources:
+    return running_app[1]
+
+
+@pytest.fixture
+async def client(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
         yield http
+
+
+class GraphQLClient:
+    """Posts operations to /graphql as JSON, the way the dashboard and SDKs do."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def __call__(
+        self,
+        query: str,
+        variables: dict[str, object] | None = None,
+        *,
+        key: str | None = None,
+        expect_errors: bool = False,
+    ) -> dict[str, object]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = await self.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
+        body: dict[str, object] = response.json()
+        if not expect_errors:
+            assert "errors" not in body, body
+        return body
+
+
+@pytest.fixture
+def graphql(client: httpx.AsyncClient) -> GraphQLClient:
+    return GraphQLClient(client)
+
+
+SIGN_UP = "mutation($e: String!, $p: String!) { signUp(email: $e, password: $p) { id email } }"
+CREATE_KEY = "mutation($n: String!) { createApiKey(name: $n) { apiKey { id name prefix } secret } }"
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+async def user_key(graphql: GraphQLClient) -> str:
+    """A signed-up user (ann@example.com) and the secret of an API key of theirs."""
+    await graphql(SIGN_UP, {"e": "ann@example.com", "p": PASSWORD})
+    body = await graphql(CREATE_KEY, {"n": "default"})
+    return str(body["data"]["createApiKey"]["secret"])  # type: ignore[index]

@@ -58,7 +58,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_api_keys_user_id'), ['user_id'], unique=False)
 
     op.create_table('audit_logs',
-    sa.Column('id', sa.BigInteger(), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('actor_id', sa.Uuid(), nullable=True),
     sa.Column('action', sa.String(length=64), nullable=False),
     sa.Column('target', sa.String(length=200), nullable=True),
@@ -195,7 +195,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_holds_expires_at'), ['expires_at'], unique=False)
 
     op.create_table('ledger_entries',
-    sa.Column('id', sa.BigInteger(), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('transaction_id', sa.Uuid(), nullable=False),
     sa.Column('account_id', sa.Uuid(), nullable=False),
     sa.Column('amount', sa.BigInteger(), nullable=False),

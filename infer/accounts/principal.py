@@ -1,0 +1,20 @@
+"""Who a request acts for: a user, through a session or an API key."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from infer.models import Role
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: uuid.UUID
+    role: Role
+    session_id: uuid.UUID | None = None
+    api_key_id: uuid.UUID | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN

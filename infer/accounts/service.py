@@ -1,0 +1,211 @@
+"""Sign-up, log-in with throttling, server-side sessions, log-out and password change."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from infer import audit
+from infer.accounts.emails import normalize_email
+from infer.accounts.principal import Principal
+from infer.audit import ClientInfo
+from infer.billing.ledger import open_user_account
+from infer.db import Database
+from infer.errors import BadInput, Conflict, RateLimited, Unauthenticated
+from infer.models import Session, User, utcnow
+from infer.ratelimit import RateLimiter
+from infer.security import passwords
+from infer.security.tokens import SessionSigner
+
+_BAD_CREDENTIALS = "incorrect email or password"
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """A user with a fresh session and its signed token (the cookie's value)."""
+
+    user: User
+    token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    account_limit: str
+    address_limit: str
+    session_ttl: timedelta
+
+
+async def sign_up(
+    db: Database,
+    *,
+    email: str,
+    password: str,
+    client: ClientInfo,
+    signer: SessionSigner,
+    session_ttl: timedelta,
+) -> LoggedIn:
+    """Create a user with its ledger account, and log it in."""
+    normal = normalize_email(email)
+    passwords.check_policy(password)
+    password_hash = await asyncio.to_thread(passwords.hash_password, password)
+    taken = Conflict("an account with this email already exists", param="email")
+    try:
+        async with db.transaction() as session:
+            if (await session.exec(select(User.id).where(User.email == normal))).first():
+                raise taken
+            user = User(email=normal, password_hash=password_hash, password_changed_at=utcnow())
+            session.add(user)
+            await session.flush()
+            await open_user_account(session, user_id=user.id)
+            audit.record(session, action="user.signed_up", client=client, actor_id=user.id)
+            return await _open_session(session, user, client, signer, session_ttl)
+    except IntegrityError as exc:
+        # Two sign-ups for one address at once: the unique index turns one away.
+        async with db.session() as session:
+            if (await session.exec(select(User.id).where(User.email == normal))).first():
+                raise taken from exc
+        raise
+
+
+async def log_in(
+    db: Database,
+    *,
+    email: str,
+    password: str,
+    client: ClientInfo,
+    signer: SessionSigner,
+    limiter: RateLimiter,
+    policy: LoginPolicy,
+) -> LoggedIn:
+    """Check the password (same answer for unknown email and wrong password); new session."""
+    try:
+        normal = normalize_email(email)
+    except BadInput:
+        normal = email.strip().lower()[:254]
+    await _refuse_when_throttled(limiter, policy, normal, client)
+    async with db.session() as session:
+        user = (await session.exec(select(User).where(User.email == normal))).first()
+    stored_hash = user.password_hash if user else None
+    if not await asyncio.to_thread(passwords.verify_password, stored_hash, password) or not user:
+        await limiter.hit(policy.account_limit, "login-account", normal)
+        await limiter.hit(policy.address_limit, "login-address", client.ip or "-")
+        async with db.transaction() as session:
+            audit.record(
+                session,
+                action="user.login_failed",
+                client=client,
+                actor_id=user.id if user else None,
+                details={"email": normal},
+            )
+        raise Unauthenticated(_BAD_CREDENTIALS)
+    async with db.transaction() as session:
+        if user.password_hash and passwords.needs_rehash(user.password_hash):
+            new_hash = await asyncio.to_thread(passwords.hash_password, password)
+            await session.exec(
+                sa.update(User).where(col(User.id) == user.id).values(password_hash=new_hash)
+            )
+        audit.record(session, action="user.logged_in", client=client, actor_id=user.id)
+        return await _open_session(session, user, client, signer, policy.session_ttl)
+
+
+async def _refuse_when_throttled(
+    limiter: RateLimiter, policy: LoginPolicy, email: str, client: ClientInfo
+) -> None:
+    waits = [
+        await limiter.retry_after(policy.account_limit, "login-account", email),
+        await limiter.retry_after(policy.address_limit, "login-address", client.ip or "-"),
+    ]
+    wait = max((w for w in waits if w is not None), default=None)
+    if wait is not None:
+        raise RateLimited("too many failed log-in attempts; try again later", retry_after=wait)
+
+
+async def _open_session(
+    session: AsyncSession,
+    user: User,
+    client: ClientInfo,
+    signer: SessionSigner,
+    ttl: timedelta,
+) -> LoggedIn:
+    row = Session(
+        user_id=user.id,
+        expires_at=utcnow() + ttl,
+        ip=client.ip,
+        user_agent=(client.user_agent or "")[:512] or None,
+    )
+    session.add(row)
+    await session.flush()
+    token = signer.issue(session_id=row.id, user_id=user.id, expires_at=row.expires_at)
+    return LoggedIn(user=user, token=token, expires_at=row.expires_at)
+
+
+async def authenticate_session(db: Database, *, token: str, signer: SessionSigner) -> Principal:
+    """The principal of a live session; revoked, expired or unknown sessions are refused."""
+    claims = signer.verify(token)
+    async with db.session() as session:
+        result = await session.exec(
+            select(Session, User)
+            .join(User, col(Session.user_id) == col(User.id))
+            .where(Session.id == claims.session_id)
+        )
+        row = result.first()
+    if row is None:
+        raise Unauthenticated("your session has ended; log in again")
+    record, user = row
+    if record.revoked_at is not None or record.expires_at <= utcnow() or user.id != claims.user_id:
+        raise Unauthenticated("your session has ended; log in again")
+    return Principal(user_id=user.id, role=user.role, session_id=record.id)
+
+
+async def log_out(db: Database, *, principal: Principal, client: ClientInfo) -> None:
+    async with db.transaction() as session:
+        if principal.session_id is not None:
+            await session.exec(
+                sa.update(Session)
+                .where(col(Session.id) == principal.session_id)
+                .values(revoked_at=utcnow())
+            )
+        audit.record(session, action="user.logged_out", client=client, actor_id=principal.user_id)
+
+
+async def change_password(
+    db: Database,
+    *,
+    principal: Principal,
+    current_password: str,
+    new_password: str,
+    client: ClientInfo,
+    signer: SessionSigner,
+    session_ttl: timedelta,
+) -> LoggedIn:
+    """Replace the password, end every session of the user, and open a fresh one."""
+    passwords.check_policy(new_password)
+    async with db.transaction() as session:
+        user = await session.get(User, principal.user_id)
+        stored_hash = user.password_hash if user else None
+        ok = await asyncio.to_thread(passwords.verify_password, stored_hash, current_password)
+        if user is None or not ok:
+            raise Unauthenticated("the current password is not correct")
+        user.password_hash = await asyncio.to_thread(passwords.hash_password, new_password)
+        user.password_changed_at = utcnow()
+        session.add(user)
+        await session.exec(
+            sa.update(Session)
+            .where(col(Session.user_id) == user.id, col(Session.revoked_at).is_(None))
+            .values(revoked_at=utcnow())
+        )
+        audit.record(session, action="user.password_changed", client=client, actor_id=user.id)
+        return await _open_session(session, user, client, signer, session_ttl)
+
+
+async def user_by_id(db: Database, user_id: uuid.UUID) -> User | None:
+    async with db.session() as session:
+        return await session.get(User, user_id)

@@ -1,0 +1,1 @@
+"""Money: prices, the double-entry ledger, holds and settlement, usage records."""

@@ -1,0 +1,169 @@
+"""Creating, rotating and revoking API keys; the secret is shown once."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from infer import audit
+from infer.accounts.principal import Principal
+from infer.audit import ClientInfo
+from infer.db import Database
+from infer.errors import BadInput, NotFound
+from infer.models import ApiKey, utcnow
+from infer.security import apikeys
+from infer.security.crypto import Keyring
+
+MAX_ACTIVE_KEYS = 50
+MAX_GRACE_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """The platform secrets that protect stored keys."""
+
+    lookup_key: str
+    keyring: Keyring
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    secret: str
+
+
+def _clean_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not 1 <= len(name) <= 100 or not name.isprintable():
+        raise BadInput("a key name is 1 to 100 printable characters", param="name")
+    return name
+
+
+def _new_key(user_id: uuid.UUID, name: str, material: KeyMaterial) -> IssuedKey:
+    secret = apikeys.generate_key()
+    key_id = uuid.uuid4()
+    version, ciphertext = material.keyring.encrypt(secret.encode(), aad=key_id.bytes)
+    row = ApiKey(
+        id=key_id,
+        user_id=user_id,
+        name=name,
+        prefix=apikeys.display_prefix(secret),
+        digest=apikeys.lookup_digest(secret, material.lookup_key),
+        ciphertext=ciphertext,
+        key_version=version,
+    )
+    return IssuedKey(api_key=row, secret=secret)
+
+
+async def _active_count(session: AsyncSession, user_id: uuid.UUID) -> int:
+    now = utcnow()
+    result = await session.exec(
+        select(sa.func.count())
+        .select_from(ApiKey)
+        .where(
+            ApiKey.user_id == user_id,
+            col(ApiKey.revoked_at).is_(None),
+            sa.or_(col(ApiKey.expires_at).is_(None), col(ApiKey.expires_at) > now),
+        )
+    )
+    return int(result.one())
+
+
+async def _owned_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:
+    key = await session.get(ApiKey, key_id, with_for_update=True)
+    if key is None or key.user_id != principal.user_id:
+        raise NotFound("no such API key", param="id")
+    return key
+
+
+async def create_key(
+    db: Database, *, principal: Principal, name: str, material: KeyMaterial, client: ClientInfo
+) -> IssuedKey:
+    name = _clean_name(name)
+    async with db.transaction() as session:
+        if await _active_count(session, principal.user_id) >= MAX_ACTIVE_KEYS:
+            raise BadInput(f"at most {MAX_ACTIVE_KEYS} active keys; revoke one first")
+        issued = _new_key(principal.user_id, name, material)
+        session.add(issued.api_key)
+        audit.record(
+            session,
+            action="api_key.created",
+            client=client,
+            actor_id=principal.user_id,
+            target=f"api_key:{issued.api_key.id}",
+        )
+    return issued
+
+
+async def rotate_key(
+    db: Database,
+    *,
+    principal: Principal,
+    key_id: uuid.UUID,
+    material: KeyMaterial,
+    client: ClientInfo,
+    grace_seconds: int = 0,
+) -> IssuedKey:
+    """Issue a replacement; the old secret ends now, or after `grace_seconds`."""
+    if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+        raise BadInput("the grace period is 0 to 604800 seconds", param="gracePeriodSeconds")
+    async with db.transaction() as session:
+        old = await _owned_key(session, principal, key_id)
+        now = utcnow()
+        if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
+            raise NotFound("no such API key", param="id")
+        issued = _new_key(principal.user_id, old.name, material)
+        issued.api_key.rotated_from_id = old.id
+        issued.api_key.requests_per_minute = old.requests_per_minute
+        issued.api_key.tokens_per_minute = old.tokens_per_minute
+        if grace_seconds:
+            old.expires_at = now + timedelta(seconds=grace_seconds)
+        else:
+            old.revoked_at = now
+        session.add_all([old, issued.api_key])
+        audit.record(
+            session,
+            action="api_key.rotated",
+            client=client,
+            actor_id=principal.user_id,
+            target=f"api_key:{old.id}",
+            details={"replacement": str(issued.api_key.id), "grace_seconds": grace_seconds},
+        )
+    return issued
+
+
+async def revoke_key(
+    db: Database, *, principal: Principal, key_id: uuid.UUID, client: ClientInfo
+) -> ApiKey:
+    async with db.transaction() as session:
+        key = await _owned_key(session, principal, key_id)
+        if key.revoked_at is None:
+            key.revoked_at = utcnow()
+            session.add(key)
+            audit.record(
+                session,
+                action="api_key.revoked",
+                client=client,
+                actor_id=principal.user_id,
+                target=f"api_key:{key.id}",
+            )
+    return key
+
+
+async def keys_of_users(
+    session: AsyncSession, user_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[ApiKey]]:
+    result = await session.exec(
+        select(ApiKey)
+        .where(col(ApiKey.user_id).in_(user_ids))
+        .order_by(col(ApiKey.created_at).desc())
+    )
+    grouped: dict[uuid.UUID, list[ApiKey]] = {user_id: [] for user_id in user_ids}
+    for key in result:
+        grouped[key.user_id].append(key)
+    return grouped

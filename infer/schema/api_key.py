@@ -1,0 +1,106 @@
+"""The ApiKey type and the mutations that create, rotate and revoke keys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.types import Info
+
+from infer.errors import NotFound
+from infer.keys import service
+from infer.models import ApiKey as ApiKeyRow
+from infer.schema.context import Context
+from infer.schema.permissions import require_principal
+
+
+@strawberry.type(name="ApiKey")
+class ApiKey:
+    id: strawberry.ID
+    name: str
+    prefix: str = strawberry.field(description="The first characters of the key, for display.")
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None = strawberry.field(
+        description="When a rotated key stops working, if it was given a grace period."
+    )
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_model(cls, row: ApiKeyRow, *, last_used_at: datetime | None = None) -> ApiKey:
+        used = max(filter(None, (row.last_used_at, last_used_at)), default=None)
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            name=row.name,
+            prefix=row.prefix,
+            created_at=row.created_at,
+            last_used_at=used,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+@strawberry.type
+class IssuedApiKey:
+    api_key: ApiKey
+    secret: str = strawberry.field(description="The whole key. It is shown this once only.")
+
+
+def parse_id(value: str, *, param: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise NotFound("no such API key", param=param) from exc
+
+
+def _issued(issued: service.IssuedKey) -> IssuedApiKey:
+    return IssuedApiKey(api_key=ApiKey.from_model(issued.api_key), secret=issued.secret)
+
+
+async def create_api_key(info: Info[Context, Any], name: str) -> IssuedApiKey:
+    ctx = info.context
+    issued = await service.create_key(
+        ctx.resources.db,
+        principal=require_principal(info),
+        name=name,
+        material=ctx.resources.key_material,
+        client=ctx.client,
+    )
+    return _issued(issued)
+
+
+async def rotate_api_key(
+    info: Info[Context, Any],
+    id: strawberry.ID,  # noqa: A002  (the contract's argument name)
+    grace_period_seconds: Annotated[
+        int,
+        strawberry.argument(description="Keep the old secret working this long (default: end it now)."),
+    ] = 0,
+) -> IssuedApiKey:
+    ctx = info.context
+    key_id = parse_id(id)
+    issued = await service.rotate_key(
+        ctx.resources.db,
+        principal=require_principal(info),
+        key_id=key_id,
+        material=ctx.resources.key_material,
+        client=ctx.client,
+        grace_seconds=grace_period_seconds,
+    )
+    ctx.resources.authenticator.forget(key_id)
+    return _issued(issued)
+
+
+async def revoke_api_key(
+    info: Info[Context, Any],
+    id: strawberry.ID,  # noqa: A002
+) -> ApiKey:
+    ctx = info.context
+    key_id = parse_id(id)
+    row = await service.revoke_key(
+        ctx.resources.db, principal=require_principal(info), key_id=key_id, client=ctx.client
+    )
+    ctx.resources.authenticator.forget(key_id)
+    return ApiKey.from_model(row)

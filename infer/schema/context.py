@@ -1,0 +1,52 @@
+"""The per-request GraphQL context: resources, the principal, the client, loaders."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from strawberry.dataloader import DataLoader
+
+from infer.accounts.principal import Principal
+from infer.audit import ClientInfo
+from infer.billing import ledger
+from infer.keys.service import keys_of_users
+from infer.models import ApiKey
+from infer.resources import Resources
+
+
+@dataclass
+class Loaders:
+    """DataLoaders for this request only: one query per field, however many parents."""
+
+    resources: Resources
+    balance: DataLoader[uuid.UUID, int] = field(init=False)
+    api_keys: DataLoader[uuid.UUID, list[ApiKey]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.balance = DataLoader(load_fn=self._balances)
+        self.api_keys = DataLoader(load_fn=self._api_keys)
+
+    async def _balances(self, user_ids: list[uuid.UUID]) -> list[int]:
+        async with self.resources.db.session() as session:
+            found = await ledger.balances(session, user_ids=user_ids)
+        return [found.get(user_id, 0) for user_id in user_ids]
+
+    async def _api_keys(self, user_ids: list[uuid.UUID]) -> list[list[ApiKey]]:
+        async with self.resources.db.session() as session:
+            grouped = await keys_of_users(session, user_ids)
+        return [grouped[user_id] for user_id in user_ids]
+
+
+@dataclass
+class Context:
+    request: Request
+    response: Response
+    resources: Resources
+    principal: Principal | None
+    client: ClientInfo
+    loaders: Loaders
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,120 @@
+"""The User type, `me`, and the mutations that sign up, log in and log out."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import strawberry
+from starlette.responses import Response
+from strawberry.types import Info
+
+from infer.accounts import service
+from infer.accounts.service import LoggedIn
+from infer.config import Settings
+from infer.models import User as UserRow
+from infer.schema.api_key import ApiKey
+from infer.schema.context import Context
+from infer.schema.permissions import require_principal
+from infer.schema.scalars import Money
+
+SESSION_COOKIE = "infer_session"
+
+
+@strawberry.type(name="User")
+class User:
+    id: strawberry.ID
+    email: str
+    role: str
+
+    @classmethod
+    def from_model(cls, row: UserRow) -> User:
+        return cls(id=strawberry.ID(str(row.id)), email=row.email, role=row.role.value)
+
+    @strawberry.field(description="Funds available to spend: the balance less what is on hold.")
+    async def balance(self, info: Info[Context, Any]) -> Money:
+        return Money(await info.context.loaders.balance.load(uuid.UUID(self.id)))
+
+    @strawberry.field
+    async def api_keys(self, info: Info[Context, Any]) -> list[ApiKey]:
+        rows = await info.context.loaders.api_keys.load(uuid.UUID(self.id))
+        pending = info.context.resources.authenticator.pending_last_used
+        return [ApiKey.from_model(row, last_used_at=pending(row.id)) for row in rows]
+
+
+def set_session_cookie(response: Response, settings: Settings, logged_in: LoggedIn) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        logged_in.token,
+        max_age=settings.session_ttl_seconds,
+        httponly=True,
+        samesite="lax",
+        secure=settings.secure_cookies,
+        path="/",
+    )
+
+
+async def me(info: Info[Context, Any]) -> User:
+    principal = require_principal(info)
+    row = await service.user_by_id(info.context.resources.db, principal.user_id)
+    assert row is not None  # the principal was just authenticated
+    return User.from_model(row)
+
+
+async def sign_up(info: Info[Context, Any], email: str, password: str) -> User:
+    ctx = info.context
+    await ctx.resources.limiter.check(
+        ctx.resources.settings.signup_limit_address,
+        "signup-address",
+        ctx.client.ip or "-",
+        message="too many sign-ups from this address; try again later",
+    )
+    logged_in = await service.sign_up(
+        ctx.resources.db,
+        email=email,
+        password=password,
+        client=ctx.client,
+        signer=ctx.resources.signer,
+        session_ttl=ctx.resources.login_policy.session_ttl,
+    )
+    set_session_cookie(ctx.response, ctx.resources.settings, logged_in)
+    return User.from_model(logged_in.user)
+
+
+async def log_in(info: Info[Context, Any], email: str, password: str) -> User:
+    ctx = info.context
+    logged_in = await service.log_in(
+        ctx.resources.db,
+        email=email,
+        password=password,
+        client=ctx.client,
+        signer=ctx.resources.signer,
+        limiter=ctx.resources.limiter,
+        policy=ctx.resources.login_policy,
+    )
+    set_session_cookie(ctx.response, ctx.resources.settings, logged_in)
+    return User.from_model(logged_in.user)
+
+
+async def log_out(info: Info[Context, Any]) -> bool:
+    ctx = info.context
+    await service.log_out(ctx.resources.db, principal=require_principal(info), client=ctx.client)
+    ctx.response.delete_cookie(SESSION_COOKIE, path="/")
+    return True
+
+
+async def change_password(
+    info: Info[Context, Any], current_password: str, new_password: str
+) -> User:
+    ctx = info.context
+    logged_in = await service.change_password(
+        ctx.resources.db,
+        principal=require_principal(info),
+        current_password=current_password,
+        new_password=new_password,
+        client=ctx.client,
+        signer=ctx.resources.signer,
+        session_ttl=ctx.resources.login_policy.session_ttl,
+    )
+    set_session_cookie(ctx.response, ctx.resources.settings, logged_in)
+    return User.from_model(logged_in.user)

@@ -1,0 +1,98 @@
+"""The /graphql endpoint: who is calling (Bearer key or session cookie) and CSRF rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+
+from infer.accounts.principal import Principal
+from infer.accounts.service import authenticate_session
+from infer.audit import ClientInfo
+from infer.errors import Forbidden, InferError
+from infer.resources import Resources
+from infer.schema.context import Context, Loaders
+from infer.schema.user import SESSION_COOKIE
+
+
+PRINCIPAL_KEY = "infer.principal"
+
+
+def client_info(request: Request) -> ClientInfo:
+    return ClientInfo(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+def graphql_error_response(error: InferError, status: int) -> JSONResponse:
+    body = {"errors": [{"message": error.message, "extensions": {"code": error.code}}]}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _is_json_post(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return request.method == "POST" and content_type == "application/json"
+
+
+def _same_origin(request: Request, resources: Resources) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # browsers always send Origin on cross-site POSTs
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    allowed = {own, resources.settings.public_origin, *resources.settings.cors_origins}
+    return origin in allowed
+
+
+class GraphQLView(GraphQL[Context, None]):
+    """Strawberry's ASGI view, with authentication decided before the operation runs."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope, receive)
+            try:
+                scope[PRINCIPAL_KEY] = await self._authenticate(request)
+            except InferError as error:
+                await graphql_error_response(error, error.status)(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _authenticate(self, request: Request) -> Principal | None:
+        resources: Resources = request.state.resources
+        authorization = request.headers.get("authorization")
+        if authorization is not None:
+            scheme, _, credentials = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not credentials.strip():
+                return await resources.authenticator.authenticate("")
+            return await resources.authenticator.authenticate(credentials.strip())
+        token = request.cookies.get(SESSION_COOKIE)
+        if token is None:
+            return None
+        if not _same_origin(request, resources):
+            raise Forbidden("cross-origin requests may not use the session cookie")
+        if not _is_json_post(request):
+            return None  # the cookie only counts on JSON POSTs, which forms cannot send
+        try:
+            return await authenticate_session(resources.db, token=token, signer=resources.signer)
+        except InferError:
+            return None
+
+    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
+        assert isinstance(request, Request) and isinstance(response, Response)
+        resources: Resources = request.state.resources
+        return Context(
+            request=request,
+            response=response,
+            resources=resources,
+            principal=request.scope.get(PRINCIPAL_KEY),
+            client=client_info(request),
+            loaders=Loaders(resources),
+        )
+
+    async def get_root_value(self, request: Any) -> None:
+        return None
