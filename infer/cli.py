@@ -64,8 +64,10 @@ def cmd_credits_grant(args: argparse.Namespace, settings: Settings) -> None:
             await db.dispose()
 
     balance = asyncio.run(grant())
-    print(f"granted {format_usd(amount)} USD to {args.email.strip().lower()}; "
-          f"balance is now {format_usd(balance)} USD")
+    print(
+        f"granted {format_usd(amount)} USD to {args.email.strip().lower()}; "
+        f"balance is now {format_usd(balance)} USD"
+    )
 
 
 def cmd_node_simulate(args: argparse.Namespace, settings: Settings) -> None:

@@ -1,17 +1,17 @@
 """The one error tree of INFER; each edge maps it to its own format.
 
-    InferError
-    ├── Unauthenticated      no or bad credentials
-    ├── Forbidden            authenticated, but not allowed
-    ├── NotFound             absent, or someone else's
-    ├── BadInput             the request itself is wrong
-    │   └── PayloadTooLarge  the body is over the limit
-    ├── Conflict             clashes with what exists
-    ├── RateLimited          too many requests for now
-    ├── InsufficientFunds    the balance cannot cover it
-    ├── NoNodeAvailable      nothing can serve the request now
-    └── UpstreamError        a node failed or answered badly
-        └── UpstreamTimeout  a node took too long
+InferError
+├── Unauthenticated      no or bad credentials
+├── Forbidden            authenticated, but not allowed
+├── NotFound             absent, or someone else's
+├── BadInput             the request itself is wrong
+│   └── PayloadTooLarge  the body is over the limit
+├── Conflict             clashes with what exists
+├── RateLimited          too many requests for now
+├── InsufficientFunds    the balance cannot cover it
+├── NoNodeAvailable      nothing can serve the request now
+└── UpstreamError        a node failed or answered badly
+    └── UpstreamTimeout  a node took too long
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
@@ -10,6 +11,7 @@ import infer.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from infer.db import create_engine
 
 target_metadata = SQLModel.metadata
+_LOCK_KEY = 0x1AFE12  # any constant shared by every replica of INFER
 
 
 def _run(connection: Connection) -> None:
@@ -20,13 +22,17 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together take turns; the later ones find nothing to do.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         context.run_migrations()
 
 
 async def _run_async(url: str) -> None:
     engine = create_engine(url)
     try:
-        async with engine.connect() as connection:
+        # On SQLite, BEGIN IMMEDIATE makes concurrent migrators queue for the write lock.
+        async with engine.execution_options(sqlite_immediate=True).connect() as connection:
             await connection.run_sync(_run)
             await connection.commit()
     finally:

@@ -22,7 +22,9 @@ from infer.config import Settings
 from infer.db import Database, upgrade_database
 from infer.resources import Resources
 
-POSTGRES_DSN = os.environ.get("INFER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_DSN = os.environ.get(
+    "INFER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("INFER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # CI sets this so an unreachable PostgreSQL or Redis fails the run instead of skipping.
 REQUIRE_SERVICES = os.environ.get("INFER_TEST_REQUIRE_SERVICES") == "1"

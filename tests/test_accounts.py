@@ -86,7 +86,9 @@ async def test_unknown_email_and_wrong_password_get_the_same_answer(
 ) -> None:
     await graphql(SIGN_UP, {"e": "ann@example.com", "p": PASSWORD})
     unknown = await graphql(LOG_IN, {"e": "bob@example.com", "p": PASSWORD}, expect_errors=True)
-    wrong = await graphql(LOG_IN, {"e": "ann@example.com", "p": "wrong " + PASSWORD}, expect_errors=True)
+    wrong = await graphql(
+        LOG_IN, {"e": "ann@example.com", "p": "wrong " + PASSWORD}, expect_errors=True
+    )
     assert _codes(unknown) == _codes(wrong) == ["UNAUTHENTICATED"]
     assert _messages(unknown) == _messages(wrong) == ["incorrect email or password"]
 
@@ -160,7 +162,9 @@ async def test_foreign_origin_with_the_session_cookie_is_refused(
     )
     assert response.status_code == 403
     assert response.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
-    same = await client.post("/graphql", json={"query": ME}, headers={"origin": "http://127.0.0.1:8000"})
+    same = await client.post(
+        "/graphql", json={"query": ME}, headers={"origin": "http://127.0.0.1:8000"}
+    )
     assert same.json()["data"]["me"]["email"] == "ann@example.com"
 
 

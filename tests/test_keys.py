@@ -69,9 +69,7 @@ async def test_the_stored_ciphertext_decrypts_to_the_key_for_its_own_id_only(
         "Basic dXNlcjpwYXNz",
     ],
 )
-async def test_malformed_keys_get_a_plain_401(
-    graphql: GraphQLClient, presented: str
-) -> None:
+async def test_malformed_keys_get_a_plain_401(graphql: GraphQLClient, presented: str) -> None:
     response = await graphql.http.post(
         "/graphql", json={"query": ME_KEYS}, headers={"Authorization": f"Bearer {presented}"}
     )
@@ -115,12 +113,11 @@ async def test_rotation_with_a_grace_period_keeps_the_old_secret_working(
     await graphql(ROTATE, {"id": key_id, "g": 3600}, key=user_key)
     body = await graphql(ME_KEYS, key=user_key)
     old = next(k for k in body["data"]["me"]["apiKeys"] if k["id"] == key_id)  # type: ignore[index]
-    assert old["expiresAt"] is not None and old["revokedAt"] is None
+    assert old["expiresAt"] is not None
+    assert old["revokedAt"] is None
 
 
-async def test_revoking_a_key_rejects_it_immediately(
-    graphql: GraphQLClient, user_key: str
-) -> None:
+async def test_revoking_a_key_rejects_it_immediately(graphql: GraphQLClient, user_key: str) -> None:
     await graphql(CREATE_KEY, {"n": "second"})
     body = await graphql(ME_KEYS)
     keys = body["data"]["me"]["apiKeys"]  # type: ignore[index]
@@ -180,4 +177,5 @@ async def test_key_lifecycle_is_audited_without_secrets(
     assert actions.count("api_key.rotated") == 1
     assert actions.count("api_key.revoked") == 1
     dump = " ".join(f"{r.target} {r.details}" for r in rows)
-    assert user_key not in dump and new_secret not in dump
+    assert user_key not in dump
+    assert new_secret not in dump

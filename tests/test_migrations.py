@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,4 +81,17 @@ def test_downgrade_to_base_then_upgrade_again(empty_database_url: str) -> None:
     assert _on_connection(empty_database_url, _table_names) == {"alembic_version"}
 
     command.upgrade(config, "head")
+    assert _on_connection(empty_database_url, _diff) == []
+
+
+def test_replicas_migrating_at_once_take_turns(empty_database_url: str) -> None:
+    """Several `infer serve` processes starting together all succeed, and agree."""
+    code = "import sys; from infer.db import upgrade_database; upgrade_database(sys.argv[1])"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, empty_database_url], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr.decode()[-2000:]
     assert _on_connection(empty_database_url, _diff) == []

@@ -111,7 +111,7 @@ async def _move(session: AsyncSession, posting: Posting) -> None:
             )
         )
     result = await session.exec(statement)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:
         raise InsufficientFunds("the balance is too low for this")
 
 

@@ -38,7 +38,12 @@ class KeyAuthenticator:
     """
 
     def __init__(
-        self, db: Database, *, lookup_key: str, cache_seconds: float = 5.0, max_entries: int = 10_000
+        self,
+        db: Database,
+        *,
+        lookup_key: str,
+        cache_seconds: float = 5.0,
+        max_entries: int = 10_000,
     ) -> None:
         self._db = db
         self._lookup_key = lookup_key

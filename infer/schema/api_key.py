@@ -73,10 +73,12 @@ async def create_api_key(info: Info[Context, Any], name: str) -> IssuedApiKey:
 
 async def rotate_api_key(
     info: Info[Context, Any],
-    id: strawberry.ID,  # noqa: A002  (the contract's argument name)
+    id: strawberry.ID,
     grace_period_seconds: Annotated[
         int,
-        strawberry.argument(description="Keep the old secret working this long (default: end it now)."),
+        strawberry.argument(
+            description="Keep the old secret working this long (default: end it now)."
+        ),
     ] = 0,
 ) -> IssuedApiKey:
     ctx = info.context
@@ -95,7 +97,7 @@ async def rotate_api_key(
 
 async def revoke_api_key(
     info: Info[Context, Any],
-    id: strawberry.ID,  # noqa: A002
+    id: strawberry.ID,
 ) -> ApiKey:
     ctx = info.context
     key_id = parse_id(id)

@@ -21,6 +21,10 @@ from infer.schema.scalars import Money
 SESSION_COOKIE = "infer_session"
 
 
+async def _balance(root: User, info: Info[Context, Any]) -> Money:
+    return Money(await info.context.loaders.balance.load(uuid.UUID(root.id)))
+
+
 @strawberry.type(name="User")
 class User:
     id: strawberry.ID
@@ -31,9 +35,9 @@ class User:
     def from_model(cls, row: UserRow) -> User:
         return cls(id=strawberry.ID(str(row.id)), email=row.email, role=row.role.value)
 
-    @strawberry.field(description="Funds available to spend: the balance less what is on hold.")
-    async def balance(self, info: Info[Context, Any]) -> Money:
-        return Money(await info.context.loaders.balance.load(uuid.UUID(self.id)))
+    balance: Money = strawberry.field(
+        resolver=_balance, description="Funds available to spend: the balance less holds."
+    )
 
     @strawberry.field
     async def api_keys(self, info: Info[Context, Any]) -> list[ApiKey]:

@@ -18,7 +18,6 @@ from infer.resources import Resources
 from infer.schema.context import Context, Loaders
 from infer.schema.user import SESSION_COOKIE
 
-
 PRINCIPAL_KEY = "infer.principal"
 
 
@@ -82,8 +81,11 @@ class GraphQLView(GraphQL[Context, None]):
         except InferError:
             return None
 
-    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
-        assert isinstance(request, Request) and isinstance(response, Response)
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> Context:
+        assert isinstance(request, Request)
+        assert isinstance(response, Response)
         resources: Resources = request.state.resources
         return Context(
             request=request,

@@ -1,0 +1,94 @@
+"""The app's edges: health probes, security headers, body limits, GraphQL guards, SDL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from starlette.applications import Starlette
+
+from infer.app import create_app
+from infer.config import Settings
+from infer.schema import schema
+
+SDL = Path(__file__).resolve().parent.parent / "graphql" / "schema.graphql"
+
+
+async def test_probes_answer_when_the_database_is_reachable(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url="postgresql+asyncpg://nobody@127.0.0.1:9/none",
+        secret_key=SecretStr("s" * 40),
+        lookup_key=SecretStr("l" * 40),
+        encryption_keys=SecretStr("1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+    )
+    app: Starlette = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+
+        async def served(scope, receive, send):  # type: ignore[no-untyped-def]
+            scope["state"] = dict(state)
+            await app(scope, receive, send)
+
+        transport = httpx.ASGITransport(app=served)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            assert (await http.get("/healthz")).status_code == 200
+            ready = await http.get("/readyz")
+    assert ready.status_code == 503
+    assert "nobody" not in ready.text
+
+
+async def test_responses_carry_security_headers(client: httpx.AsyncClient) -> None:
+    headers = (await client.get("/healthz")).headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+
+
+async def test_oversize_bodies_get_413(client: httpx.AsyncClient) -> None:
+    big = "x" * (1024 * 1024 + 1)
+    response = await client.post("/graphql", json={"query": big})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+async def test_deep_queries_are_refused(client: httpx.AsyncClient) -> None:
+    deep = "{ me " + "{ apiKeys " * 14 + "{ id }" + " }" * 14 + " }"
+    body = (await client.post("/graphql", json={"query": deep})).json()
+    assert body.get("data") is None
+    assert "exceeds maximum operation depth" in body["errors"][0]["message"]
+
+
+async def test_too_many_aliases_are_refused(client: httpx.AsyncClient) -> None:
+    aliases = " ".join(f"a{i}: me {{ id }}" for i in range(40))
+    body = (await client.post("/graphql", json={"query": "{ " + aliases + " }"})).json()
+    assert "aliases" in body["errors"][0]["message"].lower()
+
+
+async def test_batched_operations_are_not_accepted(client: httpx.AsyncClient) -> None:
+    response = await client.post("/graphql", json=[{"query": "{ me { id } }"}] * 2)
+    assert response.status_code == 400
+
+
+async def test_mutations_cannot_run_over_get(client: httpx.AsyncClient) -> None:
+    query = 'mutation { signUp(email: "a@example.com", password: "long enough pass") { id } }'
+    response = await client.get("/graphql", params={"query": query})
+    assert response.status_code in (400, 405)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_non_json_posts_are_refused(client: httpx.AsyncClient, content_type: str) -> None:
+    response = await client.post(
+        "/graphql", content=b'{"query": "{ me { id } }"}', headers={"content-type": content_type}
+    )
+    assert response.status_code in (400, 415)
+
+
+def test_schema_file_matches_the_code() -> None:
+    """Regenerate: strawberry export-schema infer.schema:schema --output graphql/schema.graphql"""
+    assert SDL.read_text().strip() == schema.as_str().strip()
