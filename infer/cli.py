@@ -78,9 +78,169 @@ def cmd_node_simulate(args: argparse.Namespace, settings: Settings) -> None:
         tokens_per_second=args.tokens_per_second,
         ttft_ms=args.ttft_ms,
         error_rate=args.error_rate,
+        hang=args.hang,
+        drop_after_tokens=args.drop_after_tokens,
         seed=args.seed,
     )
     run_simulator(config, host=args.host, port=args.port)
+
+
+def _api_key(args: argparse.Namespace) -> str:
+    if args.api_key_file is None:
+        return str(args.api_key)
+    try:
+        if args.api_key_file == "-":
+            return sys.stdin.readline().strip()
+        with open(args.api_key_file) as handle:
+            return handle.readline().strip()
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.api_key_file}: {exc.strerror}") from exc
+
+
+def _quiet_http() -> None:
+    # httpx logs every request at INFO: noise for an operator, and it would break the live line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _warn_about(args: argparse.Namespace, graphql_url: str) -> None:
+    from infer.agent.platform import is_plaintext
+
+    if is_plaintext(graphql_url):
+        print(
+            f"infer: warning: {graphql_url} is plain http; the API key travels unencrypted",
+            file=sys.stderr,
+        )
+    if args.endpoint is None:
+        print(
+            "infer: note: without --endpoint, the runtime's local address is registered; "
+            "the platform must be able to reach it",
+            file=sys.stderr,
+        )
+
+
+def cmd_node_detect(args: argparse.Namespace, settings: Settings) -> None:
+    import json
+
+    from infer.agent.detect import detect
+
+    _quiet_http()
+    detection = detect(ollama_url=args.ollama_url, exo_url=args.exo_url)
+    print(json.dumps(detection.to_json(), indent=2))
+
+
+def cmd_node_register(args: argparse.Namespace, settings: Settings) -> None:
+    from infer.agent.detect import detect
+    from infer.agent.platform import PlatformClient
+    from infer.agent.register import RegistrationOptions, build_registration
+
+    options = RegistrationOptions.parse(
+        name=args.name,
+        runtime=args.runtime,
+        endpoint=args.endpoint,
+        prices=args.price or (),
+        default_price=args.default_price,
+    )
+    _quiet_http()
+    with PlatformClient(args.platform, _api_key(args)) as platform:
+        _warn_about(args, platform.url)
+        registration = build_registration(
+            detect(ollama_url=args.ollama_url, exo_url=args.exo_url), options
+        )
+        node = platform.register_node(registration)
+    reason = f" ({node.status_reason})" if node.status_reason else ""
+    print(
+        f"registered {registration.runtime} node '{registration.name}' at "
+        f"{registration.endpoint} (id {node.id}): {node.status}{reason}"
+    )
+    print(f"models: {', '.join(registration.models) or 'none yet'}")
+
+
+def cmd_node_agent(args: argparse.Namespace, settings: Settings) -> None:
+    from infer.agent.detect import detect
+    from infer.agent.loop import Agent, StatusLine
+    from infer.agent.platform import PlatformClient
+    from infer.agent.register import RegistrationOptions
+
+    if args.interval <= 0 or (args.iterations is not None and args.iterations < 1):
+        raise CommandError("--interval and --iterations must be positive")
+    options = RegistrationOptions.parse(
+        name=args.name,
+        runtime=args.runtime,
+        endpoint=args.endpoint,
+        prices=args.price or (),
+        default_price=args.default_price,
+    )
+    _quiet_http()
+    with PlatformClient(args.platform, _api_key(args)) as platform:
+        _warn_about(args, platform.url)
+        agent = Agent(
+            detect=lambda: detect(ollama_url=args.ollama_url, exo_url=args.exo_url),
+            platform=platform,
+            options=options,
+        )
+        line = StatusLine(sys.stdout)
+        try:
+            agent.run(line, interval=args.interval, iterations=args.iterations)
+        except KeyboardInterrupt:
+            pass  # Ctrl+C is how an operator stops the agent: a clean exit
+        finally:
+            line.close()
+
+
+def _add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from infer.agent.detect import EXO_URL, OLLAMA_URL
+
+    node = commands.add_parser("node", help="tools for node operators")
+    node_commands = node.add_subparsers(dest="node_command", required=True)
+    simulate = node_commands.add_parser("simulate", help="run an Ollama-compatible simulator")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=11434)
+    simulate.add_argument("--model", action="append", help="a model to serve (repeatable)")
+    simulate.add_argument("--tokens-per-second", type=float, default=None)
+    simulate.add_argument("--ttft-ms", type=float, default=0.0)
+    simulate.add_argument("--error-rate", type=float, default=0.0)
+    simulate.add_argument("--hang", action="store_true", help="never answer chat requests")
+    simulate.add_argument(
+        "--drop-after-tokens", type=int, default=None, help="cut the connection after N tokens"
+    )
+    simulate.add_argument("--seed", type=int, default=None)
+    simulate.set_defaults(handler=cmd_node_simulate)
+
+    probes = argparse.ArgumentParser(add_help=False)
+    probes.add_argument("--ollama-url", default=OLLAMA_URL, help=f"default {OLLAMA_URL}")
+    probes.add_argument("--exo-url", default=EXO_URL, help=f"default {EXO_URL}")
+    detect = node_commands.add_parser(
+        "detect", parents=[probes], help="find local runtimes, models and GPU; print JSON"
+    )
+    detect.set_defaults(handler=cmd_node_detect)
+
+    registering = argparse.ArgumentParser(add_help=False, parents=[probes])
+    registering.add_argument("--platform", required=True, help="the platform's URL")
+    key = registering.add_mutually_exclusive_group(required=True)
+    key.add_argument("--api-key", help="an API key of yours (visible to other local users)")
+    key.add_argument("--api-key-file", help="read the API key from this file ('-': stdin)")
+    registering.add_argument("--endpoint", help="the URL the platform reaches the runtime at")
+    registering.add_argument("--name", help="the node's name (default: HOSTNAME-RUNTIME)")
+    registering.add_argument("--runtime", help="ollama or exo, when both are running")
+    registering.add_argument(
+        "--price",
+        action="append",
+        metavar="MODEL=IN/OUT",
+        help="USD per 1M input/output tokens (repeatable)",
+    )
+    registering.add_argument(
+        "--default-price", metavar="IN/OUT", help="price for every detected model without a --price"
+    )
+    register = node_commands.add_parser(
+        "register", parents=[registering], help="register this machine's runtime with a platform"
+    )
+    register.set_defaults(handler=cmd_node_register)
+    agent = node_commands.add_parser(
+        "agent", parents=[registering], help="keep the registration current, with a status line"
+    )
+    agent.add_argument("--interval", type=float, default=60.0, help="seconds between checks")
+    agent.add_argument("--iterations", type=int, default=None, help="stop after N checks")
+    agent.set_defaults(handler=cmd_node_agent)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,17 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--idempotency-key", help="grant at most once for this key")
     grant.set_defaults(handler=cmd_credits_grant)
 
-    node = commands.add_parser("node", help="tools for node operators")
-    node_commands = node.add_subparsers(dest="node_command", required=True)
-    simulate = node_commands.add_parser("simulate", help="run an Ollama-compatible simulator")
-    simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=11434)
-    simulate.add_argument("--model", action="append", help="a model to serve (repeatable)")
-    simulate.add_argument("--tokens-per-second", type=float, default=None)
-    simulate.add_argument("--ttft-ms", type=float, default=0.0)
-    simulate.add_argument("--error-rate", type=float, default=0.0)
-    simulate.add_argument("--seed", type=int, default=None)
-    simulate.set_defaults(handler=cmd_node_simulate)
+    _add_node_commands(commands)
     return parser
 
 

@@ -1,0 +1,146 @@
+"""`infer node agent`: keep a registration current and show its status on one live line."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal, Protocol, TextIO
+
+from infer.agent.detect import Detection
+from infer.agent.errors import NoRuntime, PlatformError
+from infer.agent.platform import RegisteredNode
+from infer.agent.register import Registration, RegistrationOptions, build_registration
+
+MODELS_SHOWN = 8
+_MARKS = {"online": ("●", "32"), "offline": ("○", "33"), "error": ("✕", "31")}  # ANSI colours
+
+
+class Registrar(Protocol):
+    """Anything that can register a node (the PlatformClient, or a test double)."""
+
+    def register_node(self, registration: Registration) -> RegisteredNode: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The agent's state after one round; `synced_at` is the last successful round."""
+
+    state: Literal["online", "offline", "error"]
+    detail: str
+    synced_at: datetime | None = None
+
+    def render(self, *, color: bool = False) -> str:
+        mark, ansi = _MARKS[self.state]
+        mark = f"\x1b[{ansi}m{mark}\x1b[0m" if color else mark
+        synced = f"  · last sync {self.synced_at:%H:%M:%S}" if self.synced_at else ""
+        return f"{mark} {self.state}  {self.detail}{synced}"
+
+
+class StatusLine:
+    """One line rewritten in place on a terminal; elsewhere, one printed line per change."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        live: bool | None = None,
+        width: Callable[[], int] = lambda: shutil.get_terminal_size().columns,
+    ) -> None:
+        self.stream = stream
+        self.live = stream.isatty() if live is None else live
+        self.width = width
+        self._last: tuple[str, str] | None = None
+
+    def show(self, status: Status) -> None:
+        if self.live:
+            # Cut to the width: a wrapped line could not be rewritten by the carriage return.
+            plain, limit = status.render(), max(self.width() - 1, 20)
+            text = plain[:limit] if len(plain) > limit else status.render(color=True)
+            self.stream.write(f"\r\x1b[2K{text}")
+        elif (status.state, status.detail) != self._last:
+            self.stream.write(status.render() + "\n")
+        self._last = (status.state, status.detail)
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Ends the live line so that the shell prompt starts on a fresh one."""
+        if self.live and self._last is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _now() -> datetime:
+    return datetime.now().astimezone()
+
+
+def describe(registration: Registration, node: RegisteredNode | None) -> str:
+    """The models on offer (the first few), and the platform's word if it has doubts."""
+    models = list(registration.models[:MODELS_SHOWN])
+    if len(registration.models) > MODELS_SHOWN:
+        models.append(f"+{len(registration.models) - MODELS_SHOWN} more")
+    text = ", ".join(models) or "no models yet"
+    if node is not None and node.status_reason:
+        text += f"  ({node.status}: {node.status_reason})"
+    return text
+
+
+class Agent:
+    """Detects, and registers again whenever what would be registered has changed."""
+
+    def __init__(
+        self,
+        *,
+        detect: Callable[[], Detection],
+        platform: Registrar,
+        options: RegistrationOptions,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.detect = detect
+        self.platform = platform
+        self.options = options
+        self.clock = clock
+        self.registered: Registration | None = None
+        self.node: RegisteredNode | None = None
+        self.synced_at: datetime | None = None
+        self.registrations = 0
+
+    def step(self) -> Status:
+        """One round. Raises on what waiting cannot fix (a refused key, a bad option)."""
+        try:
+            registration = build_registration(self.detect(), self.options)
+        except NoRuntime as exc:
+            return Status("offline", exc.message, self.synced_at)
+        if self.options.runtime is None:
+            # Stick with the runtime found first, even if another one starts later.
+            self.options = replace(self.options, runtime=registration.runtime)
+        if registration != self.registered:
+            try:
+                self.node = self.platform.register_node(registration)
+            except PlatformError as exc:
+                if not exc.retryable:
+                    raise
+                return Status("error", exc.message, self.synced_at)
+            self.registered = registration
+            self.registrations += 1
+        self.synced_at = self.clock()
+        return Status("online", describe(registration, self.node), self.synced_at)
+
+    def run(
+        self,
+        line: StatusLine,
+        *,
+        interval: float,
+        iterations: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Rounds every `interval` seconds, forever or `iterations` times."""
+        done = 0
+        while True:
+            line.show(self.step())
+            done += 1
+            if iterations is not None and done >= iterations:
+                return
+            sleep(interval)
