@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from infer.config import Settings
+from infer.gateway.routes import routes as gateway_routes
 from infer.middleware import BodySizeLimit, SecurityHeaders
 from infer.resources import Resources
 from infer.schema.root import build_schema
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/graphql", graphql, methods=["GET", "POST"]),
+        *gateway_routes,
     ]
     middleware = [
         Middleware(SecurityHeaders, production=settings.is_production),

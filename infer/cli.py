@@ -70,6 +70,26 @@ def cmd_credits_grant(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+def cmd_keys_rekey(args: argparse.Namespace, settings: Settings) -> None:
+    from infer.keys.rekey import rekey_api_keys
+    from infer.keys.service import KeyMaterial
+    from infer.security.crypto import Keyring
+
+    material = KeyMaterial(
+        lookup_key=settings.secret("lookup_key"),
+        keyring=Keyring.parse(settings.secret("encryption_keys")),
+    )
+
+    async def rekey() -> int:
+        db = Database.from_url(settings.database_url)
+        try:
+            return await rekey_api_keys(db, material=material)
+        finally:
+            await db.dispose()
+
+    print(f"re-keyed {asyncio.run(rekey())} API keys")
+
+
 def cmd_node_simulate(args: argparse.Namespace, settings: Settings) -> None:
     from infer.simulator import SimulatorConfig, run_simulator
 
@@ -262,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("amount", help="USD, such as 5 or 12.50")
     grant.add_argument("--idempotency-key", help="grant at most once for this key")
     grant.set_defaults(handler=cmd_credits_grant)
+
+    keys = commands.add_parser("keys", help="maintain stored API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    rekey = key_commands.add_parser(
+        "rekey", help="recompute lookup digests and re-encrypt after changing platform keys"
+    )
+    rekey.set_defaults(handler=cmd_keys_rekey)
 
     _add_node_commands(commands)
     return parser

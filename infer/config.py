@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     graphql_max_aliases: int = 30
     graphql_max_tokens: int = 2000
     cors_origins: tuple[str, ...] = ()
+    key_requests_per_minute: int = Field(default=600, gt=0)
+    key_tokens_per_minute: int = Field(default=2_000_000, gt=0)
+    default_max_tokens: int = Field(default=4096, gt=0)
+    hold_ttl_seconds: int = Field(default=900, gt=0)
     log_level: str = "info"
 
     @field_validator("redis_url", mode="before")

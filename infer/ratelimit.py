@@ -47,3 +47,11 @@ class RateLimiter:
         if not await self.hit(limit, *identifiers):
             wait = await self.retry_after(limit, *identifiers)
             raise RateLimited(message, retry_after=wait or 1)
+
+    async def remaining(self, *checks: tuple[str, str, str]) -> list[int]:
+        """What is left of each (limit, scope, identifier) in its current window."""
+        left = []
+        for limit, *identifiers in checks:
+            stats = await self._limiter.get_window_stats(parse(limit), *identifiers)
+            left.append(int(stats.remaining))
+        return left

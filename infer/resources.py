@@ -8,18 +8,29 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import httpx
+
 from infer.accounts.service import LoginPolicy
+from infer.billing.pricing import fee_ppm
+from infer.billing.settlement import expire_holds
 from infer.config import Settings
 from infer.db import Database
+from infer.gateway.completion import BillingPolicy, Completions
 from infer.keys.auth import KeyAuthenticator
 from infer.keys.service import KeyMaterial
+from infer.nodes.clients.base import Deadlines
+from infer.nodes.http import create_http_client
+from infer.nodes.monitor import HealthMonitor
 from infer.ratelimit import RateLimiter
+from infer.routing import NodeCatalog, Router, router_state_from_settings
 from infer.security.crypto import Keyring
+from infer.security.outbound import AddressPolicy
 from infer.security.tokens import SessionSigner
 
 log = logging.getLogger(__name__)
 
 LAST_USED_FLUSH_SECONDS = 30.0
+HOLD_SWEEP_SECONDS = 60.0
 
 
 @dataclass
@@ -33,30 +44,60 @@ class Resources:
     key_material: KeyMaterial
     authenticator: KeyAuthenticator
     login_policy: LoginPolicy
+    address_policy: AddressPolicy
+    http: httpx.AsyncClient
+    monitor: HealthMonitor
+    router: Router
+    completions: Completions
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
         db = Database.from_url(settings.database_url)
         lookup_key = settings.secret("lookup_key")
+        keyring = Keyring.parse(settings.secret("encryption_keys"))
+        deadlines = Deadlines()
+        policy = AddressPolicy(allow_private=settings.allow_private_endpoints)
+        router = Router(NodeCatalog(db), router_state_from_settings(settings))
+        http = create_http_client(
+            allow_private=settings.allow_private_endpoints, deadlines=deadlines
+        )
         return cls(
             settings=settings,
             db=db,
             limiter=RateLimiter.from_settings(settings),
             signer=SessionSigner(settings.secret("secret_key")),
-            key_material=KeyMaterial(
-                lookup_key=lookup_key, keyring=Keyring.parse(settings.secret("encryption_keys"))
-            ),
+            key_material=KeyMaterial(lookup_key=lookup_key, keyring=keyring),
             authenticator=KeyAuthenticator(db, lookup_key=lookup_key),
             login_policy=LoginPolicy(
                 account_limit=settings.login_limit_account,
                 address_limit=settings.login_limit_address,
                 session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             ),
+            address_policy=policy,
+            http=http,
+            monitor=HealthMonitor(
+                db, http, interval=settings.health_interval, keyring=keyring, deadlines=deadlines
+            ),
+            router=router,
+            completions=Completions(
+                db=db,
+                router=router,
+                http=http,
+                keyring=keyring,
+                deadlines=deadlines,
+                policy=BillingPolicy(
+                    fee_parts_per_million=fee_ppm(settings.platform_fee),
+                    default_max_tokens=settings.default_max_tokens,
+                    hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+                ),
+            ),
         )
 
     def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self._flush_last_used_forever()))
+        self._tasks.append(asyncio.create_task(self.monitor.run_forever()))
+        self._tasks.append(asyncio.create_task(self._expire_holds_forever()))
 
     async def _flush_last_used_forever(self) -> None:
         while True:
@@ -65,6 +106,14 @@ class Resources:
                 await self.authenticator.flush_last_used()
             except Exception:  # a failed flush must not end the loop; retried next round
                 log.exception("could not record API key last-used times")
+
+    async def _expire_holds_forever(self) -> None:
+        while True:
+            try:
+                await expire_holds(self.db)
+            except Exception:  # retried next round
+                log.exception("could not expire stale holds")
+            await asyncio.sleep(HOLD_SWEEP_SECONDS)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -75,4 +124,6 @@ class Resources:
         try:
             await self.authenticator.flush_last_used()
         finally:
+            await self.http.aclose()
+            await self.router.state.close()
             await self.db.dispose()

@@ -8,6 +8,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -124,8 +125,8 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-@pytest.fixture
-async def running_app(settings: Settings) -> AsyncIterator[tuple[ASGIApp, Resources]]:
+@asynccontextmanager
+async def started(settings: Settings) -> AsyncIterator[tuple[ASGIApp, Resources]]:
     """The app with its lifespan running, as a server would run it, and its resources."""
     app: Starlette = create_app(settings)
     async with app.router.lifespan_context(app) as state:
@@ -135,6 +136,17 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[ASGIApp, Resour
             await app(scope, receive, send)
 
         yield served, state["resources"]
+
+
+def http_client(app: ASGIApp) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000")
+
+
+@pytest.fixture
+async def running_app(settings: Settings) -> AsyncIterator[tuple[ASGIApp, Resources]]:
+    async with started(settings) as running:
+        yield running
 
 
 @pytest.fixture
@@ -149,8 +161,7 @@ def resources(running_app: tuple[ASGIApp, Resources]) -> Resources:
 
 @pytest.fixture
 async def client(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
+    async with http_client(app) as http:
         yield http
 
 

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
-from starlette.applications import Starlette
+from conftest import http_client, started
 
-from infer.app import create_app
 from infer.config import Settings
 from infer.schema import schema
 
@@ -21,24 +19,13 @@ async def test_probes_answer_when_the_database_is_reachable(client: httpx.AsyncC
     assert (await client.get("/readyz")).status_code == 200
 
 
-async def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
-    settings = Settings(
-        database_url="postgresql+asyncpg://nobody@127.0.0.1:9/none",
-        secret_key=SecretStr("s" * 40),
-        lookup_key=SecretStr("l" * 40),
-        encryption_keys=SecretStr("1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+async def test_readyz_is_503_when_the_database_is_unreachable(settings: Settings) -> None:
+    unreachable = settings.model_copy(
+        update={"database_url": "postgresql+asyncpg://nobody@127.0.0.1:9/none"}
     )
-    app: Starlette = create_app(settings)
-    async with app.router.lifespan_context(app) as state:
-
-        async def served(scope, receive, send):  # type: ignore[no-untyped-def]
-            scope["state"] = dict(state)
-            await app(scope, receive, send)
-
-        transport = httpx.ASGITransport(app=served)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            assert (await http.get("/healthz")).status_code == 200
-            ready = await http.get("/readyz")
+    async with started(unreachable) as (app, _), http_client(app) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        ready = await http.get("/readyz")
     assert ready.status_code == 503
     assert "nobody" not in ready.text
 

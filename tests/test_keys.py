@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
-from conftest import CREATE_KEY, PASSWORD, SIGN_UP, GraphQLClient
+from conftest import CREATE_KEY, PASSWORD, SIGN_UP, GraphQLClient, http_client, started
+from pydantic import SecretStr
 from sqlmodel import select
 
+from infer.config import Settings
 from infer.db import Database
+from infer.keys.rekey import rekey_api_keys
+from infer.keys.service import KeyMaterial
 from infer.models import ApiKey, AuditLog
 from infer.resources import Resources
 from infer.security import apikeys
-from infer.security.crypto import DecryptionError
+from infer.security.crypto import DecryptionError, Keyring
 
 ME_KEYS = "{ me { email apiKeys { id name prefix lastUsedAt revokedAt expiresAt } } }"
 ROTATE = (
@@ -179,3 +185,25 @@ async def test_key_lifecycle_is_audited_without_secrets(
     dump = " ".join(f"{r.target} {r.details}" for r in rows)
     assert user_key not in dump
     assert new_secret not in dump
+
+
+async def test_keys_keep_working_after_the_platform_rotates_its_own_keys(
+    settings: Settings, user_key: str, db: Database
+) -> None:
+    new_aes = base64.urlsafe_b64encode(b"n" * 32).decode()
+    rotated = settings.model_copy(
+        update={
+            "lookup_key": SecretStr("a brand new lookup key " * 2),
+            "encryption_keys": SecretStr(f"2:{new_aes},{settings.secret('encryption_keys')}"),
+        }
+    )
+    material = KeyMaterial(
+        lookup_key=rotated.secret("lookup_key"),
+        keyring=Keyring.parse(rotated.secret("encryption_keys")),
+    )
+    assert await rekey_api_keys(db, material=material) == 1
+    async with started(rotated) as (app, _), http_client(app) as http:
+        body = await GraphQLClient(http)(ME_KEYS, key=user_key)
+    assert body["data"]["me"]["email"] == "ann@example.com"  # type: ignore[index]
+    async with db.session() as session:
+        assert (await session.exec(select(ApiKey))).one().key_version == 2

@@ -14,6 +14,9 @@ class Principal:
     role: Role
     session_id: uuid.UUID | None = None
     api_key_id: uuid.UUID | None = None
+    # Per-key overrides of the default rate limits (None: the platform's defaults).
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -81,7 +81,13 @@ class KeyAuthenticator:
             return None
         key, user = row
         entry = _Entry(
-            principal=Principal(user_id=user.id, role=user.role, api_key_id=key.id),
+            principal=Principal(
+                user_id=user.id,
+                role=user.role,
+                api_key_id=key.id,
+                requests_per_minute=key.requests_per_minute,
+                tokens_per_minute=key.tokens_per_minute,
+            ),
             digest=key.digest,
             expires_at=key.expires_at,
             revoked=key.revoked_at is not None,

@@ -14,7 +14,8 @@ from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
 from infer.billing import ledger
 from infer.keys.service import keys_of_users
-from infer.models import ApiKey
+from infer.models import ApiKey, Node, NodeModel
+from infer.nodes.registry import models_of_nodes, nodes_of_operators
 from infer.resources import Resources
 
 
@@ -25,10 +26,14 @@ class Loaders:
     resources: Resources
     balance: DataLoader[uuid.UUID, int] = field(init=False)
     api_keys: DataLoader[uuid.UUID, list[ApiKey]] = field(init=False)
+    nodes: DataLoader[uuid.UUID, list[Node]] = field(init=False)
+    node_models: DataLoader[uuid.UUID, list[NodeModel]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.balance = DataLoader(load_fn=self._balances)
         self.api_keys = DataLoader(load_fn=self._api_keys)
+        self.nodes = DataLoader(load_fn=self._nodes)
+        self.node_models = DataLoader(load_fn=self._node_models)
 
     async def _balances(self, user_ids: list[uuid.UUID]) -> list[int]:
         async with self.resources.db.session() as session:
@@ -39,6 +44,16 @@ class Loaders:
         async with self.resources.db.session() as session:
             grouped = await keys_of_users(session, user_ids)
         return [grouped[user_id] for user_id in user_ids]
+
+    async def _nodes(self, operator_ids: list[uuid.UUID]) -> list[list[Node]]:
+        async with self.resources.db.session() as session:
+            grouped = await nodes_of_operators(session, operator_ids)
+        return [grouped[operator_id] for operator_id in operator_ids]
+
+    async def _node_models(self, node_ids: list[uuid.UUID]) -> list[list[NodeModel]]:
+        async with self.resources.db.session() as session:
+            grouped = await models_of_nodes(session, node_ids)
+        return [grouped[node_id] for node_id in node_ids]
 
 
 @dataclass

@@ -7,6 +7,7 @@ from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDept
 from strawberry.schema.config import StrawberryConfig
 
 from infer.schema import api_key, user
+from infer.schema import node as nodes
 from infer.schema.errors import InferErrors, Schema
 from infer.schema.scalars import SCALARS
 
@@ -14,6 +15,7 @@ from infer.schema.scalars import SCALARS
 @strawberry.type
 class Query:
     me: user.User = strawberry.field(resolver=user.me, description="The signed-in user.")
+    node: nodes.Node = strawberry.field(resolver=nodes.node, description="One of your nodes.")
 
 
 @strawberry.type
@@ -36,6 +38,17 @@ class Mutation:
     )
     revoke_api_key: api_key.ApiKey = strawberry.mutation(
         resolver=api_key.revoke_api_key, description="End a key at once."
+    )
+    register_node: nodes.Node = strawberry.mutation(
+        resolver=nodes.register_node,
+        description="Add a node, or update your node of the same name; it is checked at once.",
+    )
+    update_node: nodes.Node = strawberry.mutation(resolver=nodes.update_node)
+    set_model_prices: nodes.Node = strawberry.mutation(
+        resolver=nodes.set_model_prices, description="Set prices per model (USD per 1M tokens)."
+    )
+    deregister_node: bool = strawberry.mutation(
+        resolver=nodes.deregister_node, description="Remove a node from the market."
     )
 
 

@@ -15,6 +15,7 @@ from infer.config import Settings
 from infer.models import User as UserRow
 from infer.schema.api_key import ApiKey
 from infer.schema.context import Context
+from infer.schema.node import Node
 from infer.schema.permissions import require_principal
 from infer.schema.scalars import Money
 
@@ -44,6 +45,11 @@ class User:
         rows = await info.context.loaders.api_keys.load(uuid.UUID(self.id))
         pending = info.context.resources.authenticator.pending_last_used
         return [ApiKey.from_model(row, last_used_at=pending(row.id)) for row in rows]
+
+    @strawberry.field
+    async def nodes(self, info: Info[Context, Any]) -> list[Node]:
+        rows = await info.context.loaders.nodes.load(uuid.UUID(self.id))
+        return [Node.from_model(row) for row in rows]
 
 
 def set_session_cookie(response: Response, settings: Settings, logged_in: LoggedIn) -> None:

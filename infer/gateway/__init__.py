@@ -1,0 +1,1 @@
+"""The REST edge for buyers: OpenAI-compatible chat completions and models."""

@@ -1,0 +1,109 @@
+"""The OpenAI chat completion request body: validated, then turned into a ChatRequest."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from infer.errors import BadInput
+from infer.nodes.clients.base import ChatMessage, ChatRequest
+
+MAX_MESSAGES = 1024
+MAX_STOP = 4
+# Passed on to runtimes that understand them; anything else unknown is ignored.
+PASSTHROUGH = ("top_k", "min_p", "repeat_penalty", "response_format", "logit_bias")
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionBody(BaseModel):
+    """The fields of OpenAI's request that INFER honours; unknown extras are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
+    seed: int | None = None
+    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    user: str | None = None
+    provider: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and any(not s for s in value):
+            raise ValueError("stop sequences must not be empty")
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def to_chat_request(self, *, max_tokens: int) -> ChatRequest:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        extra = {k: v for k, v in (self.model_extra or {}).items() if k in PASSTHROUGH}
+        return ChatRequest(
+            model=self.model,
+            messages=tuple(ChatMessage(role=m.role, content=m.text()) for m in self.messages),
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stop,
+            seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            extra=extra,
+        )
+
+
+def parse_body(raw: bytes) -> ChatCompletionBody:
+    """Validate the JSON body; a BadInput names the first offending field."""
+    try:
+        return ChatCompletionBody.model_validate_json(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        location = ".".join(str(part) for part in error["loc"]) or None
+        if error["type"] == "json_invalid":
+            raise BadInput("the request body is not valid JSON") from exc
+        if error["type"] == "missing":
+            raise BadInput(f"missing required parameter: {location}", param=location) from exc
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise BadInput(f"invalid value for {location}: {message}", param=location) from exc

@@ -1,0 +1,308 @@
+"""One chat completion: route, hold funds, forward with failover, meter, settle."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import anyio
+import httpx
+
+from infer.accounts.principal import Principal
+from infer.billing import settlement
+from infer.billing.metering import meter, typical_prompt_tokens
+from infer.billing.pricing import cost, estimate_prompt_tokens, split
+from infer.db import Database
+from infer.errors import UpstreamError
+from infer.models import utcnow
+from infer.nodes.clients import client_for
+from infer.nodes.clients.base import ChatChunk, ChatRequest, Deadlines, Usage
+from infer.routing.catalog import Candidate
+from infer.routing.preferences import Preferences
+from infer.routing.router import Router
+from infer.security.crypto import Keyring
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BillingPolicy:
+    fee_parts_per_million: int
+    default_max_tokens: int
+    hold_ttl: timedelta
+
+
+class AccountIds:
+    """user id → ledger account id; the mapping never changes, so it is cached for good."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._ids: dict[uuid.UUID, uuid.UUID] = {}
+
+    async def of(self, user_id: uuid.UUID) -> uuid.UUID:
+        account_id = self._ids.get(user_id)
+        if account_id is None:
+            account_id = self._ids[user_id] = await settlement.account_of(self._db, user_id)
+        return account_id
+
+
+class Completions:
+    """Starts completions; everything a request needs lives for the whole process."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        router: Router,
+        http: httpx.AsyncClient,
+        keyring: Keyring,
+        deadlines: Deadlines,
+        policy: BillingPolicy,
+    ) -> None:
+        self.db = db
+        self.router = router
+        self.http = http
+        self.keyring = keyring
+        self.deadlines = deadlines
+        self.policy = policy
+        self.accounts = AccountIds(db)
+
+    async def start(
+        self,
+        *,
+        buyer: Principal,
+        request: ChatRequest,
+        preferences: Preferences,
+        request_id: str,
+    ) -> Completion:
+        """Hold the worst case and get the first chunk from the best node that answers."""
+        max_tokens = request.max_tokens or self.policy.default_max_tokens
+        contents = [m.content for m in request.messages]
+        prompt_bound = estimate_prompt_tokens(contents)
+        attempts = await self.router.plan(
+            request.model,
+            preferences,
+            expected_prompt_tokens=typical_prompt_tokens(contents),
+            expected_output_tokens=max_tokens,
+        )
+        worst_case = max(
+            cost(
+                prompt_tokens=prompt_bound,
+                completion_tokens=max_tokens,
+                input_per_million=c.input_price_per_million,
+                output_per_million=c.output_price_per_million,
+            )
+            for c in attempts
+        )
+        account_id = await self.accounts.of(buyer.user_id)
+        hold_id = None
+        if worst_case > 0:
+            hold_id = await settlement.place_hold(
+                self.db,
+                account_id=account_id,
+                amount=worst_case,
+                request_id=request_id,
+                expires_at=utcnow() + self.policy.hold_ttl,
+            )
+        completion = Completion(
+            self,
+            buyer=buyer,
+            request=request,
+            request_id=request_id,
+            hold_id=hold_id,
+            account_id=account_id,
+            prompt_bound=prompt_bound,
+            prompt_typical=typical_prompt_tokens(contents),
+            max_tokens=max_tokens,
+        )
+        try:
+            await completion.connect(attempts)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if hold_id is not None:
+                    await settlement.release_hold(self.db, hold_id=hold_id)
+            raise
+        return completion
+
+    def token_of(self, candidate: Candidate) -> str | None:
+        if candidate.token_ciphertext is None or candidate.token_key_version is None:
+            return None
+        return self.keyring.decrypt(
+            candidate.token_key_version, candidate.token_ciphertext, aad=candidate.node_id.bytes
+        ).decode()
+
+
+class Completion:
+    """A running completion: its chunks, then `finish()` to meter and settle exactly once."""
+
+    def __init__(
+        self,
+        owner: Completions,
+        *,
+        buyer: Principal,
+        request: ChatRequest,
+        request_id: str,
+        hold_id: uuid.UUID | None,
+        account_id: uuid.UUID,
+        prompt_bound: int,
+        prompt_typical: int,
+        max_tokens: int,
+    ) -> None:
+        self.owner = owner
+        self.buyer = buyer
+        self.request = ChatRequest(**{**request.__dict__, "max_tokens": max_tokens})
+        self.request_id = request_id
+        self.hold_id = hold_id
+        self.account_id = account_id
+        self.prompt_bound = prompt_bound
+        self.prompt_typical = prompt_typical
+        self.max_tokens = max_tokens
+        self.candidate: Candidate | None = None
+        self._stream: AsyncIterator[ChatChunk] | None = None
+        self._first: ChatChunk | None = None
+        self._started = time.perf_counter()
+        self._ttft_ms: float | None = None
+        self.chunks_relayed = 0
+        self.bytes_relayed = 0
+        self.finish_reason: str | None = None
+        self.usage: settlement.Usage | None = None
+        self._reported: Usage | None = None
+
+    async def connect(self, attempts: list[Candidate]) -> None:
+        """Try candidates in order until one sends its first chunk (failover before a byte)."""
+        last_error: UpstreamError | None = None
+        state = self.owner.router.state
+        for candidate in attempts:
+            client = client_for(
+                candidate.runtime,
+                self.owner.http,
+                base_url=candidate.endpoint,
+                token=self.owner.token_of(candidate),
+                deadlines=self.owner.deadlines,
+            )
+            await state.acquire(candidate.node_id)
+            stream = client.stream_chat(self.request)
+            try:
+                first = await anext(stream)
+            except (UpstreamError, StopAsyncIteration) as exc:
+                await state.release(
+                    candidate.node_id, ok=False, ttft_ms=None, tokens_per_second=None
+                )
+                await _close(stream)
+                last_error = (
+                    exc
+                    if isinstance(exc, UpstreamError)
+                    else UpstreamError("the node ended the answer before it began")
+                )
+                log.info("node %s failed before the first byte: %s", candidate.node_id, last_error)
+                continue
+            except BaseException:
+                await state.release(
+                    candidate.node_id, ok=False, ttft_ms=None, tokens_per_second=None
+                )
+                with anyio.CancelScope(shield=True):
+                    await _close(stream)
+                raise
+            self.candidate, self._stream, self._first = candidate, stream, first
+            self._ttft_ms = (time.perf_counter() - self._started) * 1000
+            return
+        raise last_error or UpstreamError("no node could serve the request")
+
+    async def chunks(self) -> AsyncIterator[ChatChunk]:
+        """The answer's chunks, counted as they are relayed."""
+        assert self._stream is not None
+        assert self._first is not None
+        yield self._count(self._first)
+        async for chunk in self._stream:
+            yield self._count(chunk)
+
+    def _count(self, chunk: ChatChunk) -> ChatChunk:
+        if chunk.content:
+            self.chunks_relayed += 1
+            self.bytes_relayed += len(chunk.content.encode())
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
+        if chunk.usage is not None:
+            self._reported = chunk.usage
+        return chunk
+
+    async def finish(self, *, status: str) -> settlement.Usage:
+        """Close the upstream, meter, and settle; safe to call more than once."""
+        usage = self.usage
+        if usage is None:
+            with anyio.CancelScope(shield=True):
+                if self._stream is not None:
+                    await _close(self._stream)
+                usage = await self._settle(status)
+                self.usage = usage
+        assert usage is not None  # a shield scope is never cancelled, so it was set
+        return usage
+
+    async def _settle(self, status: str) -> settlement.Usage:
+        candidate = self.candidate
+        assert candidate is not None
+        complete = status == "completed" and self.finish_reason is not None
+        metered = meter(
+            reported=self._reported,
+            complete=complete,
+            prompt_bound=self.prompt_bound,
+            prompt_typical=self.prompt_typical,
+            relayed_chunks=self.chunks_relayed,
+            relayed_bytes=self.bytes_relayed,
+            max_tokens=self.max_tokens,
+        )
+        duration_ms = (time.perf_counter() - self._started) * 1000
+        amount = cost(
+            prompt_tokens=metered.prompt_tokens,
+            completion_tokens=metered.completion_tokens,
+            input_per_million=candidate.input_price_per_million,
+            output_per_million=candidate.output_price_per_million,
+        )
+        parts = split(amount, fee_parts_per_million=self.owner.policy.fee_parts_per_million)
+        usage = settlement.Usage(
+            request_id=self.request_id,
+            buyer_id=self.buyer.user_id,
+            api_key_id=self.buyer.api_key_id,
+            node_id=candidate.node_id,
+            operator_id=candidate.operator_id,
+            model=self.request.model,
+            prompt_tokens=metered.prompt_tokens,
+            completion_tokens=metered.completion_tokens,
+            estimated=metered.estimated,
+            cost=amount,
+            earning=parts.earning,
+            fee=parts.fee,
+            status=status,
+            ttft_ms=self._ttft_ms,
+            duration_ms=duration_ms,
+        )
+        generation_s = max((duration_ms - (self._ttft_ms or 0)) / 1000, 1e-3)
+        await self.owner.router.state.release(
+            candidate.node_id,
+            ok=status != "upstream_error",
+            ttft_ms=self._ttft_ms,
+            tokens_per_second=metered.completion_tokens / generation_s if complete else None,
+        )
+        try:
+            await settlement.settle(
+                self.owner.db,
+                hold_id=self.hold_id,
+                buyer_account_id=self.account_id,
+                operator_account_id=await self.owner.accounts.of(candidate.operator_id),
+                usage=usage,
+            )
+        except Exception:  # the answer was delivered; the hold expires and we alert
+            log.exception("could not settle request %s", self.request_id)
+        return usage
+
+
+async def _close(stream: AsyncIterator[ChatChunk]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(UpstreamError):
+            await aclose()

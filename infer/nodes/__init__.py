@@ -1,0 +1,1 @@
+"""Nodes: the registry, the health monitor, and the runtime clients."""

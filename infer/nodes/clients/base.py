@@ -1,0 +1,113 @@
+"""The one small interface every runtime client speaks, and the values it trades in."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from infer.models import Runtime
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model a runtime offers; `loaded` when it is in memory now (Ollama's /api/ps)."""
+
+    name: str
+    loaded: bool = False
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one health check learned: the runtime answers, and with which models."""
+
+    latency_ms: float
+    models: tuple[ModelInfo, ...]
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """An OpenAI chat completion request, already validated, in the runtime-neutral form."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # Other OpenAI fields the runtime may understand, passed through where it does.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """One piece of a streamed answer: text, and at the end a finish reason and usage.
+
+    `usage` is the runtime's own figure when it reports one (None when it does not);
+    the gateway clamps and falls back as documented.
+    """
+
+    content: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Seconds allowed to connect, to the first byte, between bytes, and in all."""
+
+    connect: float = 5.0
+    first_byte: float = 30.0
+    idle: float = 30.0
+    total: float = 600.0
+    health: float = 5.0
+
+
+class RuntimeClient(abc.ABC):
+    """Talks to one node's runtime through the platform's guarded HTTP client."""
+
+    runtime: Runtime
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        token: str | None = None,
+        deadlines: Deadlines | None = None,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.deadlines = deadlines or Deadlines()
+
+    @abc.abstractmethod
+    async def probe(self) -> Probe:
+        """Check health and list models; raises UpstreamError (or a subclass) on failure."""
+
+    @abc.abstractmethod
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Stream the answer; the last chunk carries finish_reason (and usage if known).
+
+        Raises UpstreamTimeout before the first chunk if the first-byte deadline passes,
+        UpstreamError for any other failure; closing the iterator cancels the upstream.
+        """

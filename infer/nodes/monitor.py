@@ -1,0 +1,222 @@
+"""The health monitor: claims due nodes (once per interval across replicas) and checks them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+import httpx
+import sqlalchemy as sa
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from infer.db import Database
+from infer.errors import UpstreamError
+from infer.models import HealthCheck, Node, NodeModel, NodeStatus, Notification, utcnow
+from infer.nodes.clients import client_for
+from infer.nodes.clients.base import Deadlines, Probe
+from infer.nodes.health import Health, after_check, next_delay
+from infer.nodes.registry import open_token
+from infer.security.crypto import Keyring
+
+log = logging.getLogger(__name__)
+
+RETENTION = timedelta(hours=24)
+LATENCY_WEIGHT = 0.3  # EWMA weight of the newest probe latency
+
+
+class HealthMonitor:
+    """Checks every node once per interval; registrations can ask for a check at once."""
+
+    def __init__(
+        self,
+        db: Database,
+        http: httpx.AsyncClient,
+        *,
+        interval: float,
+        keyring: Keyring,
+        deadlines: Deadlines,
+        batch: int = 50,
+        concurrency: int = 20,
+    ) -> None:
+        self.db = db
+        self.http = http
+        self.interval = interval
+        self.keyring = keyring
+        self.deadlines = deadlines
+        self.batch = batch
+        self._limit = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._last_prune = 0.0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+                await self._prune()
+                delay = await self._seconds_until_due()
+            except Exception:  # the monitor must outlive any one bad sweep
+                log.exception("health sweep failed")
+                delay = self.interval
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.05))
+
+    async def sweep(self) -> int:
+        """Check every due node this replica manages to claim; returns how many."""
+        async with self.db.session() as session:
+            due = await session.exec(
+                select(Node.id)
+                .where(
+                    Node.status != NodeStatus.DISABLED,
+                    sa.or_(col(Node.next_check_at).is_(None), col(Node.next_check_at) <= utcnow()),
+                )
+                .order_by(col(Node.next_check_at))
+                .limit(self.batch)
+            )
+            node_ids = list(due)
+        results = await asyncio.gather(*(self.check_now(node_id) for node_id in node_ids))
+        return sum(1 for checked in results if checked)
+
+    async def check_now(self, node_id: uuid.UUID, *, force: bool = False) -> bool:
+        """Claim the node and check it; False when another replica has it (or it is gone)."""
+        if not await self._claim(node_id, force=force):
+            return False
+        async with self._limit:
+            async with self.db.session() as session:
+                node = await session.get(Node, node_id)
+            if node is None:
+                return False
+            probe, error = await self._probe(node)
+            await self._record(node_id, probe, error)
+        return True
+
+    async def _claim(self, node_id: uuid.UUID, *, force: bool) -> bool:
+        now = utcnow()
+        # A lease: if this replica dies mid-check, the node is due again after one interval.
+        statement = (
+            sa.update(Node)
+            .where(col(Node.id) == node_id, col(Node.status) != NodeStatus.DISABLED)
+            .values(next_check_at=now + timedelta(seconds=self.interval))
+        )
+        if not force:
+            statement = statement.where(
+                sa.or_(col(Node.next_check_at).is_(None), col(Node.next_check_at) <= now)
+            )
+        async with self.db.transaction() as session:
+            result = await session.exec(statement)
+            return bool(result.rowcount == 1)
+
+    async def _probe(self, node: Node) -> tuple[Probe | None, str | None]:
+        try:
+            client = client_for(
+                node.runtime,
+                self.http,
+                base_url=node.endpoint,
+                token=open_token(node, self.keyring),
+                deadlines=self.deadlines,
+            )
+            return await client.probe(), None
+        except UpstreamError as exc:
+            return None, exc.message
+        except Exception:  # a malformed answer must mark the node, never stop the monitor
+            log.exception("health check of node %s failed unexpectedly", node.id)
+            return None, "the runtime gave an answer that could not be understood"
+
+    async def _record(self, node_id: uuid.UUID, probe: Probe | None, error: str | None) -> None:
+        now = utcnow()
+        async with self.db.transaction() as session:
+            node = await session.get(Node, node_id, with_for_update=True)
+            if node is None or node.status == NodeStatus.DISABLED:
+                return
+            before = Health(node.status, node.consecutive_failures, node.consecutive_successes)
+            health = after_check(before, ok=probe is not None)
+            node.status = health.status
+            node.consecutive_failures = health.failures
+            node.consecutive_successes = health.successes
+            node.status_reason = None if probe is not None else (error or "unreachable")[:500]
+            node.last_checked_at = now
+            node.next_check_at = now + timedelta(seconds=next_delay(health, self.interval))
+            if probe is not None:
+                node.latency_ms = (
+                    probe.latency_ms
+                    if node.latency_ms is None
+                    else LATENCY_WEIGHT * probe.latency_ms + (1 - LATENCY_WEIGHT) * node.latency_ms
+                )
+                await _sync_models(session, node, probe)
+            session.add(node)
+            session.add(
+                HealthCheck(
+                    node_id=node.id,
+                    checked_at=now,
+                    ok=probe is not None,
+                    latency_ms=probe.latency_ms if probe else None,
+                    model_count=len(probe.models) if probe else 0,
+                    error=None if probe else node.status_reason,
+                )
+            )
+            if health.status != before.status:
+                session.add(_notification(node, health.status))
+
+    async def _seconds_until_due(self) -> float:
+        async with self.db.session() as session:
+            result = await session.exec(
+                select(sa.func.min(Node.next_check_at)).where(Node.status != NodeStatus.DISABLED)
+            )
+            earliest = result.one()
+        if earliest is None:
+            return self.interval
+        return min(self.interval, max(0.0, (earliest - utcnow()).total_seconds()))
+
+    async def _prune(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_prune < 60:
+            return
+        self._last_prune = loop.time()
+        async with self.db.transaction() as session:
+            await session.exec(
+                sa.delete(HealthCheck).where(col(HealthCheck.checked_at) < utcnow() - RETENTION)
+            )
+
+
+async def _sync_models(session: AsyncSession, node: Node, probe: Probe) -> None:
+    """Mark what the runtime offers now; prices of models that come and go are kept."""
+    offered = {model.name: model for model in probe.models}
+    rows: Sequence[NodeModel] = (
+        await session.exec(select(NodeModel).where(NodeModel.node_id == node.id))
+    ).all()
+    known = {row.model for row in rows}
+    for row in rows:
+        info = offered.get(row.model)
+        row.available = info is not None
+        row.loaded = bool(info and info.loaded)
+        session.add(row)
+    for name, info in offered.items():
+        if name not in known:
+            session.add(NodeModel(node_id=node.id, model=name, available=True, loaded=info.loaded))
+
+
+_MESSAGES = {
+    NodeStatus.ONLINE: "is online",
+    NodeStatus.DEGRADED: "is degraded: its last check failed or it is recovering",
+    NodeStatus.OFFLINE: "is offline",
+}
+
+
+def _notification(node: Node, status: NodeStatus) -> Notification:
+    reason = (
+        f" ({node.status_reason})" if status == NodeStatus.OFFLINE and node.status_reason else ""
+    )
+    return Notification(
+        user_id=node.operator_id,
+        node_id=node.id,
+        kind=f"node_{status.value}",
+        message=f"Node {node.name} {_MESSAGES.get(status, status.value)}{reason}",
+    )

@@ -1,0 +1,291 @@
+"""The node registry: register (upsert by name), update, prices, deregister, ownership."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from infer import audit
+from infer.accounts.principal import Principal
+from infer.audit import ClientInfo
+from infer.db import Database
+from infer.errors import BadInput, NotFound
+from infer.models import Node, NodeModel, NodeStatus, Runtime, utcnow
+from infer.security.crypto import Keyring
+from infer.security.outbound import AddressPolicy, check_endpoint
+
+MAX_NODES_PER_OPERATOR = 100
+MAX_PRICE_PER_MILLION = 1_000 * 1_000_000  # 1,000 USD per million tokens
+MAX_GPU_JSON = 4096
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    model: str
+    input_per_million: int
+    output_per_million: int
+
+
+@dataclass(frozen=True)
+class NodeRegistration:
+    name: str
+    runtime: Runtime
+    endpoint: str
+    prices: tuple[ModelPrice, ...] = ()
+    gpu: dict[str, Any] | None = None
+    token: str | None = None
+    capacity: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeUpdate:
+    name: str | None = None
+    endpoint: str | None = None
+    token: str | None = None
+    clear_token: bool = False
+    capacity: int | None = None
+
+
+def _clean_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not 1 <= len(name) <= 100 or not name.isprintable():
+        raise BadInput("a node name is 1 to 100 printable characters", param="name")
+    return name
+
+
+def _check_capacity(capacity: int | None) -> None:
+    if capacity is not None and not 1 <= capacity <= 1024:
+        raise BadInput("capacity is 1 to 1024 concurrent requests", param="capacity")
+
+
+def _check_gpu(gpu: dict[str, Any] | None) -> None:
+    import json
+
+    if gpu is not None and len(json.dumps(gpu)) > MAX_GPU_JSON:
+        raise BadInput("GPU information is too large", param="gpu")
+
+
+def _check_prices(prices: Sequence[ModelPrice]) -> None:
+    seen: set[str] = set()
+    for price in prices:
+        if not 1 <= len(price.model) <= 200 or not price.model.isprintable():
+            raise BadInput("a model name is 1 to 200 printable characters", param="prices")
+        if price.model in seen:
+            raise BadInput(f"model {price.model!r} is priced twice", param="prices")
+        seen.add(price.model)
+        for amount in (price.input_per_million, price.output_per_million):
+            if not 0 <= amount <= MAX_PRICE_PER_MILLION:
+                raise BadInput("a price is 0 to 1000 USD per million tokens", param="prices")
+
+
+def _seal_token(node: Node, token: str, keyring: Keyring) -> None:
+    if not 1 <= len(token) <= 4096 or not token.isprintable():
+        raise BadInput("the upstream token is 1 to 4096 printable characters", param="token")
+    node.token_key_version, node.token_ciphertext = keyring.encrypt(
+        token.encode(), aad=node.id.bytes
+    )
+
+
+def open_token(node: Node, keyring: Keyring) -> str | None:
+    """The node's upstream bearer token in clear, for the runtime client only."""
+    if node.token_ciphertext is None or node.token_key_version is None:
+        return None
+    return keyring.decrypt(
+        node.token_key_version, node.token_ciphertext, aad=node.id.bytes
+    ).decode()
+
+
+async def owned_node(session: AsyncSession, principal: Principal, node_id: uuid.UUID) -> Node:
+    node = await session.get(Node, node_id, with_for_update=True)
+    if node is None or node.operator_id != principal.user_id:
+        raise NotFound("no such node", param="id")
+    return node
+
+
+async def _upsert_prices(session: AsyncSession, node: Node, prices: Sequence[ModelPrice]) -> None:
+    existing = {
+        m.model: m
+        for m in await session.exec(select(NodeModel).where(NodeModel.node_id == node.id))
+    }
+    for price in prices:
+        row = existing.get(price.model) or NodeModel(node_id=node.id, model=price.model)
+        row.input_price_per_million = price.input_per_million
+        row.output_price_per_million = price.output_per_million
+        session.add(row)
+
+
+async def register_node(
+    db: Database,
+    *,
+    principal: Principal,
+    registration: NodeRegistration,
+    policy: AddressPolicy,
+    keyring: Keyring,
+    client: ClientInfo,
+) -> Node:
+    """Add a node, or update the caller's node of the same name; it is checked next."""
+    name = _clean_name(registration.name)
+    _check_capacity(registration.capacity)
+    _check_gpu(registration.gpu)
+    _check_prices(registration.prices)
+    endpoint = (await check_endpoint(registration.endpoint, policy)).url
+    async with db.transaction() as session:
+        node = (
+            await session.exec(
+                select(Node).where(Node.operator_id == principal.user_id, Node.name == name)
+            )
+        ).first()
+        created = node is None
+        if node is None:
+            count = await session.exec(
+                select(sa.func.count())
+                .select_from(Node)
+                .where(Node.operator_id == principal.user_id)
+            )
+            if count.one() >= MAX_NODES_PER_OPERATOR:
+                raise BadInput(f"at most {MAX_NODES_PER_OPERATOR} nodes per operator")
+            node = Node(
+                operator_id=principal.user_id,
+                name=name,
+                runtime=registration.runtime,
+                endpoint=endpoint,
+            )
+        elif node.endpoint != endpoint or node.runtime != registration.runtime:
+            node.status = NodeStatus.PENDING
+            node.status_reason = None
+        node.runtime = registration.runtime
+        node.endpoint = endpoint
+        node.gpu = registration.gpu if registration.gpu is not None else node.gpu
+        node.capacity = registration.capacity or node.capacity
+        if registration.token is not None:
+            _seal_token(node, registration.token, keyring)
+        node.next_check_at = utcnow()
+        node.updated_at = utcnow()
+        session.add(node)
+        await session.flush()
+        await _upsert_prices(session, node, registration.prices)
+        audit.record(
+            session,
+            action="node.registered" if created else "node.updated",
+            client=client,
+            actor_id=principal.user_id,
+            target=f"node:{node.id}",
+            details={"runtime": node.runtime.value, "name": name},
+        )
+    return node
+
+
+async def update_node(
+    db: Database,
+    *,
+    principal: Principal,
+    node_id: uuid.UUID,
+    update: NodeUpdate,
+    policy: AddressPolicy,
+    keyring: Keyring,
+    client: ClientInfo,
+) -> Node:
+    _check_capacity(update.capacity)
+    endpoint = (await check_endpoint(update.endpoint, policy)).url if update.endpoint else None
+    async with db.transaction() as session:
+        node = await owned_node(session, principal, node_id)
+        if update.name is not None:
+            node.name = _clean_name(update.name)
+            clash = await session.exec(
+                select(Node.id).where(
+                    Node.operator_id == principal.user_id,
+                    Node.name == node.name,
+                    Node.id != node.id,
+                )
+            )
+            if clash.first() is not None:
+                raise BadInput("you already have a node with this name", param="name")
+        if endpoint is not None and endpoint != node.endpoint:
+            node.endpoint = endpoint
+            node.status = NodeStatus.PENDING
+            node.status_reason = None
+            node.next_check_at = utcnow()
+        if update.clear_token:
+            node.token_ciphertext = node.token_key_version = None
+        elif update.token is not None:
+            _seal_token(node, update.token, keyring)
+        if update.capacity is not None:
+            node.capacity = update.capacity
+        node.updated_at = utcnow()
+        session.add(node)
+        audit.record(
+            session,
+            action="node.updated",
+            client=client,
+            actor_id=principal.user_id,
+            target=f"node:{node.id}",
+        )
+    return node
+
+
+async def set_model_prices(
+    db: Database,
+    *,
+    principal: Principal,
+    node_id: uuid.UUID,
+    prices: Sequence[ModelPrice],
+    client: ClientInfo,
+) -> Node:
+    _check_prices(prices)
+    async with db.transaction() as session:
+        node = await owned_node(session, principal, node_id)
+        await _upsert_prices(session, node, prices)
+        audit.record(
+            session,
+            action="node.prices_set",
+            client=client,
+            actor_id=principal.user_id,
+            target=f"node:{node.id}",
+            details={"models": [p.model for p in prices]},
+        )
+    return node
+
+
+async def deregister_node(
+    db: Database, *, principal: Principal, node_id: uuid.UUID, client: ClientInfo
+) -> None:
+    async with db.transaction() as session:
+        node = await owned_node(session, principal, node_id)
+        await session.delete(node)
+        audit.record(
+            session,
+            action="node.deregistered",
+            client=client,
+            actor_id=principal.user_id,
+            target=f"node:{node_id}",
+        )
+
+
+async def nodes_of_operators(
+    session: AsyncSession, operator_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Node]]:
+    rows = await session.exec(
+        select(Node).where(col(Node.operator_id).in_(operator_ids)).order_by(col(Node.created_at))
+    )
+    grouped: dict[uuid.UUID, list[Node]] = {operator_id: [] for operator_id in operator_ids}
+    for node in rows:
+        grouped[node.operator_id].append(node)
+    return grouped
+
+
+async def models_of_nodes(
+    session: AsyncSession, node_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[NodeModel]]:
+    rows = await session.exec(
+        select(NodeModel).where(col(NodeModel.node_id).in_(node_ids)).order_by(col(NodeModel.model))
+    )
+    grouped: dict[uuid.UUID, list[NodeModel]] = {node_id: [] for node_id in node_ids}
+    for model in rows:
+        grouped[model.node_id].append(model)
+    return grouped
