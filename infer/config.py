@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     key_tokens_per_minute: int = Field(default=2_000_000, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0)
     hold_ttl_seconds: int = Field(default=900, gt=0)
+    upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    upstream_first_byte_timeout: float = Field(default=30.0, gt=0)
+    upstream_idle_timeout: float = Field(default=30.0, gt=0)
+    upstream_total_timeout: float = Field(default=600.0, gt=0)
+    health_timeout: float = Field(default=5.0, gt=0)
     log_level: str = "info"
 
     @field_validator("redis_url", mode="before")

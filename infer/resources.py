@@ -56,7 +56,13 @@ class Resources:
         db = Database.from_url(settings.database_url)
         lookup_key = settings.secret("lookup_key")
         keyring = Keyring.parse(settings.secret("encryption_keys"))
-        deadlines = Deadlines()
+        deadlines = Deadlines(
+            connect=settings.upstream_connect_timeout,
+            first_byte=settings.upstream_first_byte_timeout,
+            idle=settings.upstream_idle_timeout,
+            total=settings.upstream_total_timeout,
+            health=settings.health_timeout,
+        )
         policy = AddressPolicy(allow_private=settings.allow_private_endpoints)
         router = Router(NodeCatalog(db), router_state_from_settings(settings))
         http = create_http_client(
@@ -77,7 +83,12 @@ class Resources:
             address_policy=policy,
             http=http,
             monitor=HealthMonitor(
-                db, http, interval=settings.health_interval, keyring=keyring, deadlines=deadlines
+                db,
+                http,
+                interval=settings.health_interval,
+                keyring=keyring,
+                deadlines=deadlines,
+                on_change=router.catalog.invalidate,
             ),
             router=router,
             completions=Completions(

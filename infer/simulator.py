@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import uvicorn
@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 OLLAMA_VERSION = "0.12.0"
 TOKENS_PER_MESSAGE = 4
@@ -644,14 +644,15 @@ def run_simulator(
 
 
 @contextlib.contextmanager
-def serve_simulator_in_thread(
-    config: SimulatorConfig | None = None,
+def serve_in_thread(
+    app: ASGIApp,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    lifespan: Literal["on", "off"] = "off",
     startup_timeout: float = 10.0,
 ) -> Iterator[str]:
-    """Runs the simulator in a background thread; yields its base URL, stops it on exit.
+    """Serves any ASGI app in a background thread; yields its base URL, stops it on exit.
 
     The socket is bound before the thread starts (port 0 picks a free one), and the URL
     is yielded only once the server accepts connections.
@@ -667,25 +668,25 @@ def serve_simulator_in_thread(
     bound = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_simulator_app(config),
+            app,
             log_config=None,
             log_level=None,
             access_log=False,
-            lifespan="off",
+            lifespan=lifespan,
             timeout_graceful_shutdown=1,
         )
     )
     thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"simulator-{bound}", daemon=True
+        target=server.run, kwargs={"sockets": [sock]}, name=f"server-{bound}", daemon=True
     )
     thread.start()
     try:
         deadline = time.monotonic() + startup_timeout
         while not server.started:
             if not thread.is_alive():
-                raise RuntimeError("the simulator failed to start")
+                raise RuntimeError("the server failed to start")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the simulator did not start within {startup_timeout}s")
+                raise TimeoutError(f"the server did not start within {startup_timeout}s")
             time.sleep(0.005)
         yield f"http://[{host}]:{bound}" if family == socket.AF_INET6 else f"http://{host}:{bound}"
     finally:
@@ -695,3 +696,18 @@ def serve_simulator_in_thread(
             server.force_exit = True
             thread.join(timeout=5)
         sock.close()
+
+
+@contextlib.contextmanager
+def serve_simulator_in_thread(
+    config: SimulatorConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    startup_timeout: float = 10.0,
+) -> Iterator[str]:
+    """Runs the simulator in a background thread; yields its base URL, stops it on exit."""
+    with serve_in_thread(
+        create_simulator_app(config), host=host, port=port, startup_timeout=startup_timeout
+    ) as url:
+        yield url

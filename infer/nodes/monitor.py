@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import httpx
@@ -42,6 +42,7 @@ class HealthMonitor:
         deadlines: Deadlines,
         batch: int = 50,
         concurrency: int = 20,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.http = http
@@ -52,6 +53,7 @@ class HealthMonitor:
         self._limit = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._last_prune = 0.0
+        self._on_change = on_change
 
     def wake(self) -> None:
         self._wake.set()
@@ -96,6 +98,8 @@ class HealthMonitor:
                 return False
             probe, error = await self._probe(node)
             await self._record(node_id, probe, error)
+        if self._on_change is not None:
+            self._on_change()  # statuses, models or latency may have moved
         return True
 
     async def _claim(self, node_id: uuid.UUID, *, force: bool) -> bool:

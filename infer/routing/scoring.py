@@ -48,19 +48,26 @@ def tier(candidate: Candidate, stats: NodeStats, now: float) -> int:
     return base + 3 if candidate.degraded else base
 
 
-def _tokens_per_second(stats: NodeStats) -> float:
+def _tokens_per_second(stats: NodeStats, prior: float = PRIOR_TOKENS_PER_SECOND) -> float:
     tps = stats.tokens_per_second_ewma
-    return PRIOR_TOKENS_PER_SECOND if tps is None else max(tps, 0.1)
+    return prior if tps is None else max(tps, 0.1)
 
 
-def estimated_ms(candidate: Candidate, stats: NodeStats, expected_output_tokens: int) -> float:
+def estimated_ms(
+    candidate: Candidate,
+    stats: NodeStats,
+    expected_output_tokens: int,
+    *,
+    prior_tokens_per_second: float = PRIOR_TOKENS_PER_SECOND,
+) -> float:
     """Time to first token plus generation time, on an idle node."""
     ttft = stats.ttft_ms_ewma
     if ttft is None:
         ttft = candidate.health_latency_ms
     if ttft is None:
         ttft = PRIOR_TTFT_MS
-    return ttft + expected_output_tokens * 1000.0 / _tokens_per_second(stats)
+    tps = _tokens_per_second(stats, prior_tokens_per_second)
+    return ttft + expected_output_tokens * 1000.0 / tps
 
 
 def score(
@@ -69,12 +76,16 @@ def score(
     *,
     expected_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     now: float | None = None,
+    prior_tokens_per_second: float = PRIOR_TOKENS_PER_SECOND,
 ) -> float:
     """Lower is better: estimated time, scaled by load and recent errors, worse tiers last."""
     now = time.time() if now is None else now
     load = 1.0 + stats.in_flight / candidate.capacity
     penalty = 1.0 + ERROR_WEIGHT * min(1.0, max(0.0, stats.error_ewma))
-    estimate = estimated_ms(candidate, stats, expected_output_tokens) * load * penalty
+    estimate = estimated_ms(
+        candidate, stats, expected_output_tokens, prior_tokens_per_second=prior_tokens_per_second
+    )
+    estimate *= load * penalty
     return tier(candidate, stats, now) * TIER_STEP + estimate
 
 
@@ -94,6 +105,11 @@ def _near(row: _Row, best: _Row, sort: str | None) -> bool:
     if sort == "throughput":  # the key is minus tokens per second
         return row[1] <= best[1] * (1.0 - NEAR)
     return row[2] <= best[2] * (1.0 + NEAR)
+
+
+def _load(row: _Row, stats: Mapping[uuid.UUID, NodeStats]) -> float:
+    candidate = row[4]
+    return stats.get(candidate.node_id, _NO_STATS).in_flight / candidate.capacity
 
 
 def _position(candidate: Candidate, order: Mapping[str, int]) -> int | None:
@@ -119,10 +135,18 @@ def plan(
 
     Over `max_price` or overloaded nodes are dropped. Nodes named in `order` come first,
     in that order; the rest (none if fallbacks are not allowed) by tier, then the sort
-    key. The first pick is the better of two drawn from the near-equal best few.
+    key. The first pick is the less loaded of two drawn from the near-equal best few.
     """
     now = time.time() if now is None else now
     sort = preferences.sort
+    # A node not yet measured is assumed as fast as its measured peers, so that it gets
+    # traffic (and so a measurement) instead of losing to them forever.
+    measured = [
+        tps
+        for c in candidates
+        if (tps := stats.get(c.node_id, _NO_STATS).tokens_per_second_ewma) is not None
+    ]
+    prior_tps = sum(measured) / len(measured) if measured else PRIOR_TOKENS_PER_SECOND
     order = {name: index for index, name in enumerate(preferences.order)}
     preferred: list[tuple[int, int, Candidate]] = []
     rows: list[_Row] = []
@@ -137,14 +161,20 @@ def plan(
         if position is not None:
             preferred.append((node_tier, position, candidate))
             continue
-        value = score(candidate, node_stats, expected_output_tokens=expected_output_tokens, now=now)
+        value = score(
+            candidate,
+            node_stats,
+            expected_output_tokens=expected_output_tokens,
+            now=now,
+            prior_tokens_per_second=prior_tps,
+        )
         if sort == "price":
             key = float(
                 candidate.input_price_per_million * expected_prompt_tokens
                 + candidate.output_price_per_million * expected_output_tokens
             )
         elif sort == "throughput":
-            key = -_tokens_per_second(node_stats)
+            key = -_tokens_per_second(node_stats, prior_tps)
         else:
             key = value
         rows.append((node_tier, key, value, index, candidate))
@@ -152,8 +182,10 @@ def plan(
     if not preferred and len(rows) > 1:
         pool = [row for row in rows[:POOL] if _near(row, rows[0], sort)]
         if len(pool) > 1:
+            # Power of two choices: of two near-equal nodes, the less loaded one; on a
+            # tie the first drawn, so idle equal nodes share requests at random.
             first, second = rng.sample(pool, 2)
-            pick = first if first[2] <= second[2] else second
+            pick = second if _load(second, stats) < _load(first, stats) else first
             rows.remove(pick)
             rows.insert(0, pick)
     preferred.sort(key=lambda item: item[:2])

@@ -131,6 +131,7 @@ async def _checked(info: Info[Context, Any], node_id: uuid.UUID) -> Node:
     """Check the node at once, so its owner sees the outcome in the mutation's answer."""
     resources = info.context.resources
     await resources.monitor.check_now(node_id, force=True)
+    resources.router.catalog.invalidate()
     async with resources.db.session() as session:
         row = await session.get(NodeRow, node_id)
     if row is None:
@@ -194,6 +195,7 @@ async def set_model_prices(
         prices=_prices(prices),
         client=ctx.client,
     )
+    ctx.resources.router.catalog.invalidate()
     return Node.from_model(row)
 
 
@@ -205,6 +207,7 @@ async def deregister_node(info: Info[Context, Any], id: strawberry.ID) -> bool:
         node_id=parse_node_id(id),
         client=ctx.client,
     )
+    ctx.resources.router.catalog.invalidate()
     return True
 
 
