@@ -299,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Settings], None] = args.handler
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        handler(args, load_settings())
+        # Operator-side commands run on the operator's machine: no platform settings there,
+        # and no development secrets file written into their working directory.
+        settings = Settings.model_construct() if args.command == "node" else load_settings()
+        handler(args, settings)
     except ValidationError as exc:
         problems = "; ".join(str(e["msg"]) for e in exc.errors())
         print(f"infer: configuration error: {problems}", file=sys.stderr)
