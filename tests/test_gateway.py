@@ -75,9 +75,16 @@ class Market:
         return openai.OpenAI(base_url=f"{self.url}/api/v1", api_key=self.buyer_key, max_retries=0)
 
     def async_client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.url}/api/v1", api_key=self.buyer_key, max_retries=0
-        )
+        if self._async is None:
+            self._async = openai.AsyncOpenAI(
+                base_url=f"{self.url}/api/v1", api_key=self.buyer_key, max_retries=0
+            )
+        return self._async
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        if self._async is not None:
+            await self._async.close()
 
     async def balance(self, email: str) -> int:
         async with self.db.session() as session:

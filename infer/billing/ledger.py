@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -57,37 +57,42 @@ async def post_transaction(
     idempotency_key: str | None = None,
     memo: str | None = None,
     actor_id: uuid.UUID | None = None,
+    release: Mapping[uuid.UUID, int] | None = None,
 ) -> tuple[LedgerTransaction, bool]:
     """Record a balanced transaction and move the balances, in the caller's transaction.
 
     Returns (transaction, created). With an idempotency key seen before, nothing moves
-    and the earlier transaction is returned. A user account never goes below what it
-    has reserved: then InsufficientFunds, and the caller's transaction must roll back.
+    and the earlier transaction is returned. `release` gives back reserved funds in the
+    same update (settling a hold). A user account never goes below what it still has
+    reserved: then InsufficientFunds, and the caller's transaction must roll back.
     """
     if not postings or any(p.amount == 0 for p in postings):
         raise ValueError("a transaction needs non-zero postings")
     if sum(p.amount for p in postings) != 0:
         raise ValueError("a transaction's postings must sum to zero")
-    if idempotency_key is not None:
-        earlier = await _by_idempotency_key(session, idempotency_key)
-        if earlier is not None:
-            return _same_kind(earlier, kind), False
     transaction = LedgerTransaction(
         kind=kind, idempotency_key=idempotency_key, memo=memo, actor_id=actor_id
     )
-    try:
-        async with session.begin_nested():
-            session.add(transaction)
-            await session.flush()
-    except IntegrityError:
-        # A concurrent posting with the same key won the race.
-        earlier = await _by_idempotency_key(session, idempotency_key or "")
-        if earlier is None:
-            raise
-        return _same_kind(earlier, kind), False
+    if idempotency_key is None:
+        session.add(transaction)
+    else:
+        earlier = await _by_idempotency_key(session, idempotency_key)
+        if earlier is not None:
+            return _same_kind(earlier, kind), False
+        try:
+            async with session.begin_nested():
+                session.add(transaction)
+                await session.flush()
+        except IntegrityError:
+            # A concurrent posting with the same key won the race.
+            earlier = await _by_idempotency_key(session, idempotency_key)
+            if earlier is None:
+                raise
+            return _same_kind(earlier, kind), False
+    release = release or {}
     # A fixed lock order (by account id) keeps concurrent postings from deadlocking.
     for posting in sorted(postings, key=lambda p: p.account_id):
-        await _move(session, posting)
+        await _move(session, posting, release.get(posting.account_id, 0))
     session.add_all(
         LedgerEntry(transaction_id=transaction.id, account_id=p.account_id, amount=p.amount)
         for p in postings
@@ -96,18 +101,17 @@ async def post_transaction(
     return transaction, True
 
 
-async def _move(session: AsyncSession, posting: Posting) -> None:
+async def _move(session: AsyncSession, posting: Posting, released: int) -> None:
     table = LedgerAccount.__table__  # type: ignore[attr-defined]
-    statement = (
-        sa.update(table)
-        .where(table.c.id == posting.account_id)
-        .values(balance=table.c.balance + posting.amount)
-    )
+    values = {"balance": table.c.balance + posting.amount}
+    if released:
+        values["reserved"] = table.c.reserved - released
+    statement = sa.update(table).where(table.c.id == posting.account_id).values(values)
     if posting.amount < 0:
         statement = statement.where(
             sa.or_(
                 table.c.kind != AccountKind.USER.value,
-                table.c.balance - table.c.reserved + posting.amount >= 0,
+                table.c.balance - (table.c.reserved - released) + posting.amount >= 0,
             )
         )
     result = await session.exec(statement)

@@ -100,10 +100,21 @@ async def settle(
     operator_account_id: uuid.UUID | None,
     usage: Usage,
 ) -> None:
-    """In one transaction: release the hold, record usage, debit, credit, take the fee."""
+    """In one transaction: release the hold, record usage, debit, credit, take the fee.
+
+    The buyer's debit and the hold's release are one update of the buyer's account.
+    The unique request id of the usage record keeps a request from being settled twice.
+    """
     async with db.transaction() as session:
+        released = 0
         if hold_id is not None:
-            await _release(session, hold_id)
+            result = await session.exec(
+                sa.update(Hold)
+                .where(col(Hold.id) == hold_id, col(Hold.released_at).is_(None))
+                .values(released_at=utcnow())
+                .returning(col(Hold.amount))
+            )
+            released = result.scalar_one_or_none() or 0
         transaction_id = None
         if usage.cost > 0:
             postings = [Posting(buyer_account_id, -usage.cost)]
@@ -117,10 +128,16 @@ async def settle(
                 session,
                 kind="usage",
                 postings=postings,
-                idempotency_key=f"usage:{usage.request_id}",
                 memo=usage.model,
+                release={buyer_account_id: released},
             )
             transaction_id = transaction.id
+        elif released:
+            await session.exec(
+                sa.update(LedgerAccount)
+                .where(col(LedgerAccount.id) == buyer_account_id)
+                .values(reserved=col(LedgerAccount.reserved) - released)
+            )
         session.add(
             UsageRecord(
                 request_id=usage.request_id,
