@@ -72,9 +72,17 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction: committed on success, rolled back on any error."""
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[AsyncSession]:
+        """A write transaction: committed on success, rolled back on any error.
+
+        `durable=False` lets PostgreSQL acknowledge the commit before it reaches the
+        disk: only for writes whose loss in a crash harms nobody (a hold dies with its
+        request), never for money that moved.
+        """
         async with self._writes() as session, session.begin():
+            if not durable and self.engine.dialect.name == "postgresql":
+                connection = await session.connection()
+                await connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
             yield session
 
     async def ping(self) -> bool:

@@ -50,7 +50,8 @@ async def place_hold(
 ) -> uuid.UUID:
     """Reserve `amount` with one conditional update; InsufficientFunds when it can't."""
     hold = Hold(account_id=account_id, amount=amount, request_id=request_id, expires_at=expires_at)
-    async with db.transaction() as session:
+    # A hold lost in a crash dies with its request, so its commit need not wait for disk.
+    async with db.transaction(durable=False) as session:
         result = await session.exec(
             sa.update(LedgerAccount)
             .where(
