@@ -1,0 +1,123 @@
+"""Client for Ollama's native API: /api/version, /api/tags, /api/ps, and NDJSON /api/chat."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from infer.errors import UpstreamError
+from infer.models import Runtime
+from infer.nodes.clients.base import ChatChunk, ChatRequest, ModelInfo, Probe, RuntimeClient, Usage
+from infer.nodes.clients.clock import StreamClock, probe_deadline
+from infer.nodes.clients.payloads import (
+    as_list,
+    as_object,
+    as_text,
+    malformed,
+    messages,
+    optional_count,
+    optional_text,
+    parse_json,
+    reject_error,
+    sampling,
+)
+from infer.nodes.clients.wire import drain, fetch_json, open_stream, read_lines
+
+NDJSON = "application/x-ndjson"
+# Most chat templates know system, user, assistant and tool only.
+ROLES = {"developer": "system"}
+
+
+def chat_body(request: ChatRequest) -> dict[str, object]:
+    """The /api/chat body; OpenAI's fields become `options`, as in Ollama's own /v1 layer.
+
+    Unset fields stay unset, so the model's Modelfile defaults apply.
+    """
+    options = sampling(request)
+    if request.max_tokens is not None:
+        options["num_predict"] = request.max_tokens
+    return {
+        "model": request.model,
+        "messages": messages(request, roles=ROLES),
+        "stream": True,
+        "options": options,
+    }
+
+
+def parse_line(line: bytes) -> ChatChunk:
+    """One object of a streamed /api/chat answer; the one with `done` true closes it.
+
+    The counts sit on that last object. Ollama omits a count that is zero (a prompt
+    served wholly from its cache), so with either missing, usage is None.
+    """
+    item = as_object(parse_json(line), "line")
+    reject_error(item)
+    done = item.get("done")
+    if not isinstance(done, bool):
+        raise malformed("done is not a boolean")
+    message = item.get("message")
+    content = ""
+    if message is not None or not done:
+        content = as_text(as_object(message, "message").get("content"), "message.content")
+    if not done:
+        return ChatChunk(content=content)
+    reason = optional_text(item.get("done_reason"), "done_reason")
+    prompt = optional_count(item.get("prompt_eval_count"), "prompt_eval_count")
+    completion = optional_count(item.get("eval_count"), "eval_count")
+    usage = None if prompt is None or completion is None else Usage(prompt, completion)
+    return ChatChunk(content, "length" if reason == "length" else "stop", usage)
+
+
+def model_names(document: object, what: str) -> tuple[str, ...]:
+    """The names in an /api/tags or /api/ps answer, in order, without repeats."""
+    models = as_list(as_object(document, what).get("models"), f"{what} models")
+    names = (as_text(as_object(m, f"{what} model").get("name"), "model name") for m in models)
+    return tuple(dict.fromkeys(names))
+
+
+class OllamaClient(RuntimeClient):
+    """Probes version, tags and running models; streams POST /api/chat as NDJSON."""
+
+    runtime = Runtime.OLLAMA
+
+    async def probe(self) -> Probe:
+        async with probe_deadline(self.deadlines):
+            started = time.perf_counter()
+            about = await fetch_json(self, "/api/version", missing_ok=True)
+            latency_ms = (time.perf_counter() - started) * 1000
+            names = model_names(await fetch_json(self, "/api/tags"), "tags")
+            # An Ollama too old to have /api/ps answers 404: then nothing counts as loaded.
+            running = await fetch_json(self, "/api/ps", missing_ok=True)
+        version = None if about is None else as_object(about, "version").get("version")
+        loaded = set() if running is None else set(model_names(running, "ps"))
+        return Probe(
+            latency_ms=latency_ms,
+            models=tuple(ModelInfo(name, loaded=name in loaded) for name in names),
+            version=optional_text(version, "version"),
+        )
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        clock = StreamClock(self.deadlines)
+        body = chat_body(request)
+        last: ChatChunk | None = None
+        async with (
+            open_stream(
+                self, "/api/chat", body, clock=clock, accept=NDJSON, model=request.model
+            ) as response,
+            contextlib.aclosing(read_lines(response, clock)) as lines,
+        ):
+            async for line in lines:
+                if not line.strip():
+                    continue
+                chunk = parse_line(line)
+                if chunk.finish_reason:
+                    last = chunk
+                    await drain(lines)
+                    break
+                if chunk.content:
+                    yield chunk
+                clock.mark_event()
+        if last is None:
+            raise UpstreamError("the node ended the stream before the answer was finished")
+        yield last
