@@ -1,24 +1,20 @@
 """Small real runtimes for the client tests: Exo, OpenAI-compatible and Ollama dialects, faults.
 
-Served by uvicorn on loopback in a background thread (`serve_in_thread`); each records what
-it was sent and whether the client went away mid-answer.
+Served on loopback with `infer.simulator.serve_in_thread`; each records what it was
+sent and whether the client went away mid-answer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
-import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 Dialect = Literal["openai", "exo", "ollama"]
 Fault = Literal[
@@ -295,36 +291,3 @@ async def _respond(
     start = {"type": "http.response.start", "status": status, "headers": head + (headers or [])}
     await send(start)
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-@contextlib.contextmanager
-def serve_in_thread(app: ASGIApp, *, startup_timeout: float = 10.0) -> Iterator[str]:
-    """Serve any ASGI app on a free loopback port in a background thread; yield its URL.
-
-    The simulator's `serve_simulator_in_thread` only serves the simulator, so this is its
-    generic twin: the socket is bound first, and the URL is yielded once uvicorn listens.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test runtime did not start")
-            time.sleep(0.005)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=5)
-        sock.close()

@@ -10,14 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from runtimes import SECRET, USAGE_PROMPT_TOKENS, Dialect, FakeRuntime, serve_in_thread
+from runtimes import SECRET, USAGE_PROMPT_TOKENS, Dialect, FakeRuntime
 
 from infer.errors import UpstreamError, UpstreamTimeout
 from infer.models import Runtime
 from infer.nodes.clients import client_for
 from infer.nodes.clients.base import ChatChunk, ChatMessage, ChatRequest, Deadlines, Usage
 from infer.nodes.http import create_http_client
-from infer.simulator import SimulatorConfig, serve_simulator_in_thread
+from infer.simulator import SimulatorConfig, serve_in_thread, serve_simulator_in_thread
 
 DEADLINES = Deadlines(connect=2, first_byte=5, idle=5, total=30, health=5)
 SHORT = Deadlines(connect=1, first_byte=0.5, idle=0.5, total=5, health=0.5)
