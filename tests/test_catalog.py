@@ -164,3 +164,10 @@ async def test_a_failed_refresh_keeps_the_last_catalog(
     clock.now = 2.0
     assert len(await catalog.candidates("llama3")) == 1
     assert "serving the previous one" in caplog.text
+
+
+async def test_an_untagged_model_name_finds_the_latest_tag(db: Database) -> None:
+    await add_node(db, "alpha", models={"llama3.2:latest": True, "qwen2.5:7b": True})
+    catalog = NodeCatalog(db)
+    assert [c.model for c in await catalog.candidates("llama3.2")] == ["llama3.2:latest"]
+    assert await catalog.candidates("qwen2.5") == []

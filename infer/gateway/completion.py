@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -155,7 +156,7 @@ class Completion:
     ) -> None:
         self.owner = owner
         self.buyer = buyer
-        self.request = ChatRequest(**{**request.__dict__, "max_tokens": max_tokens})
+        self.request = dataclasses.replace(request, max_tokens=max_tokens)
         self.request_id = request_id
         self.hold_id = hold_id
         self.account_id = account_id
@@ -186,7 +187,8 @@ class Completion:
                 deadlines=self.owner.deadlines,
             )
             await state.acquire(candidate.node_id)
-            stream = client.stream_chat(self.request)
+            # The node's own name for the model (the buyer may have left out `:latest`).
+            stream = client.stream_chat(dataclasses.replace(self.request, model=candidate.model))
             try:
                 first = await anext(stream)
             except (UpstreamError, StopAsyncIteration) as exc:

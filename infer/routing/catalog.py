@@ -86,7 +86,11 @@ class NodeCatalog:
     async def candidates(self, model: str) -> list[Candidate]:
         """Online and degraded nodes whose runtime offers `model` now."""
         snapshot = await self._current()
-        return list(snapshot.by_model.get(model, ()))
+        found = snapshot.by_model.get(model)
+        if found is None and ":" not in model:
+            # Ollama lists `llama3.2:latest`; buyers (and Ollama itself) say `llama3.2`.
+            found = snapshot.by_model.get(f"{model}:latest")
+        return list(found or ())
 
     async def models(self) -> list[str]:
         """Models served by at least one online node, sorted by name."""
