@@ -12,11 +12,15 @@ from strawberry.dataloader import DataLoader
 
 from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
-from infer.billing import ledger
+from infer.billing import ledger, reports
+from infer.billing.reports import Bucket, Dimension, Figures, Period, Side
 from infer.keys.service import keys_of_users
 from infer.models import ApiKey, Node, NodeModel
 from infer.nodes.registry import models_of_nodes, nodes_of_operators
 from infer.resources import Resources
+
+FiguresKey = tuple[Side, uuid.UUID, Period]
+BucketsKey = tuple[Side, uuid.UUID, Period, Dimension]
 
 
 @dataclass
@@ -28,12 +32,16 @@ class Loaders:
     api_keys: DataLoader[uuid.UUID, list[ApiKey]] = field(init=False)
     nodes: DataLoader[uuid.UUID, list[Node]] = field(init=False)
     node_models: DataLoader[uuid.UUID, list[NodeModel]] = field(init=False)
+    usage_figures: DataLoader[FiguresKey, Figures] = field(init=False)
+    usage_buckets: DataLoader[BucketsKey, list[Bucket]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.balance = DataLoader(load_fn=self._balances)
         self.api_keys = DataLoader(load_fn=self._api_keys)
         self.nodes = DataLoader(load_fn=self._nodes)
         self.node_models = DataLoader(load_fn=self._node_models)
+        self.usage_figures = DataLoader(load_fn=self._usage_figures)
+        self.usage_buckets = DataLoader(load_fn=self._usage_buckets)
 
     async def _balances(self, user_ids: list[uuid.UUID]) -> list[int]:
         async with self.resources.db.session() as session:
@@ -54,6 +62,33 @@ class Loaders:
         async with self.resources.db.session() as session:
             grouped = await models_of_nodes(session, node_ids)
         return [grouped[node_id] for node_id in node_ids]
+
+    async def _usage_figures(self, keys: list[FiguresKey]) -> list[Figures]:
+        # One query per (side, period) asked for, however many users share it.
+        users: dict[tuple[Side, Period], list[uuid.UUID]] = {}
+        for side, user_id, period in keys:
+            users.setdefault((side, period), []).append(user_id)
+        found: dict[FiguresKey, Figures] = {}
+        async with self.resources.db.session() as session:
+            for (side, period), user_ids in users.items():
+                figures = await reports.usage_figures(
+                    session, side=side, user_ids=user_ids, period=period
+                )
+                found.update(((side, u, period), f) for u, f in figures.items())
+        return [found[key] for key in keys]
+
+    async def _usage_buckets(self, keys: list[BucketsKey]) -> list[list[Bucket]]:
+        users: dict[tuple[Side, Period, Dimension], list[uuid.UUID]] = {}
+        for side, user_id, period, by in keys:
+            users.setdefault((side, period, by), []).append(user_id)
+        found: dict[BucketsKey, list[Bucket]] = {}
+        async with self.resources.db.session() as session:
+            for (side, period, by), user_ids in users.items():
+                buckets = await reports.usage_buckets(
+                    session, side=side, user_ids=user_ids, period=period, by=by
+                )
+                found.update(((side, u, period, by), b) for u, b in buckets.items())
+        return [found[key] for key in keys]
 
 
 @dataclass

@@ -13,6 +13,7 @@ from infer.accounts import service
 from infer.accounts.service import LoggedIn
 from infer.config import Settings
 from infer.models import User as UserRow
+from infer.schema import usage as reports
 from infer.schema.api_key import ApiKey
 from infer.schema.context import Context
 from infer.schema.node import Node
@@ -50,6 +51,23 @@ class User:
     async def nodes(self, info: Info[Context, Any]) -> list[Node]:
         rows = await info.context.loaders.nodes.load(uuid.UUID(self.id))
         return [Node.from_model(row) for row in rows]
+
+    usage: reports.Usage = strawberry.field(
+        resolver=reports.usage, description="What you spent on inference: totals and breakdowns."
+    )
+    earnings: Money = strawberry.field(
+        resolver=reports.earnings, description="All that your nodes have earned."
+    )
+    earnings_report: reports.Earnings = strawberry.field(
+        resolver=reports.earnings_report, description="What your nodes earned, with breakdowns."
+    )
+    usage_records: reports.Connection[reports.UsageRecord] = strawberry.field(
+        resolver=reports.usage_records, description="Your requests, newest first."
+    )
+    transactions: reports.Connection[reports.LedgerTransaction] = strawberry.field(
+        resolver=reports.transactions,
+        description="Movements of money on your account, newest first.",
+    )
 
 
 def set_session_cookie(response: Response, settings: Settings, logged_in: LoggedIn) -> None:
