@@ -207,3 +207,17 @@ async def test_keys_keep_working_after_the_platform_rotates_its_own_keys(
     assert body["data"]["me"]["email"] == "ann@example.com"  # type: ignore[index]
     async with db.session() as session:
         assert (await session.exec(select(ApiKey))).one().key_version == 2
+
+
+async def test_a_key_can_have_its_own_rate_limits(graphql: GraphQLClient, user_key: str) -> None:
+    key_id = await _key_id(graphql, user_key)
+    limits = (
+        "mutation($id: ID!, $r: Int, $t: Int) { setApiKeyLimits(id: $id, requestsPerMinute: $r,"
+        " tokensPerMinute: $t) { requestsPerMinute tokensPerMinute } }"
+    )
+    body = await graphql(limits, {"id": key_id, "r": 5, "t": 1000}, key=user_key)
+    assert body["data"]["setApiKeyLimits"] == {"requestsPerMinute": 5, "tokensPerMinute": 1000}  # type: ignore[index]
+    bad = await graphql(limits, {"id": key_id, "r": 0}, key=user_key, expect_errors=True)
+    assert _code(bad) == "BAD_USER_INPUT"
+    cleared = await graphql(limits, {"id": key_id}, key=user_key)
+    assert cleared["data"]["setApiKeyLimits"]["requestsPerMinute"] is None  # type: ignore[index]

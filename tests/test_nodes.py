@@ -219,3 +219,16 @@ async def test_two_replicas_check_each_node_once_per_interval(
     # One check at registration, then one per interval; two replicas would double it.
     assert checks <= 1 + elapsed / interval + 1
     assert checks >= elapsed / interval - 1
+
+
+async def test_operators_read_and_clear_their_node_notifications(
+    graphql: GraphQLClient, user_key: str
+) -> None:
+    await graphql(REGISTER, {"input": _input(f"http://127.0.0.1:{_free_port()}")}, key=user_key)
+    unread = "{ me { notifications(unreadOnly: true) { id kind message nodeId } } }"
+    notes = (await graphql(unread, key=user_key))["data"]["me"]["notifications"]  # type: ignore[index]
+    assert [n["kind"] for n in notes] == ["node_offline"]
+    assert "box-1" in notes[0]["message"]
+    marked = await graphql("mutation { markNotificationsRead }", key=user_key)
+    assert marked["data"] == {"markNotificationsRead": 1}
+    assert (await graphql(unread, key=user_key))["data"]["me"]["notifications"] == []  # type: ignore[index]

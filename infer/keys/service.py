@@ -155,6 +155,40 @@ async def revoke_key(
     return key
 
 
+MAX_REQUESTS_PER_MINUTE = 1_000_000
+MAX_TOKENS_PER_MINUTE = 2_000_000_000  # GraphQL Int is 32 bits
+
+
+async def set_limits(
+    db: Database,
+    *,
+    principal: Principal,
+    key_id: uuid.UUID,
+    requests_per_minute: int | None,
+    tokens_per_minute: int | None,
+    client: ClientInfo,
+) -> ApiKey:
+    """Give a key its own rate limits; None returns it to the platform's defaults."""
+    if requests_per_minute is not None and not 1 <= requests_per_minute <= MAX_REQUESTS_PER_MINUTE:
+        raise BadInput("requestsPerMinute is 1 to 1000000", param="requestsPerMinute")
+    if tokens_per_minute is not None and not 1 <= tokens_per_minute <= MAX_TOKENS_PER_MINUTE:
+        raise BadInput("tokensPerMinute is 1 to 2000000000", param="tokensPerMinute")
+    async with db.transaction() as session:
+        key = await _owned_key(session, principal, key_id)
+        key.requests_per_minute = requests_per_minute
+        key.tokens_per_minute = tokens_per_minute
+        session.add(key)
+        audit.record(
+            session,
+            action="api_key.limits_set",
+            client=client,
+            actor_id=principal.user_id,
+            target=f"api_key:{key.id}",
+            details={"rpm": requests_per_minute, "tpm": tokens_per_minute},
+        )
+    return key
+
+
 async def keys_of_users(
     session: AsyncSession, user_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, list[ApiKey]]:

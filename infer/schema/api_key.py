@@ -27,6 +27,10 @@ class ApiKey:
         description="When a rotated key stops working, if it was given a grace period."
     )
     revoked_at: datetime | None
+    requests_per_minute: int | None = strawberry.field(
+        description="This key's own request limit; null means the platform's default."
+    )
+    tokens_per_minute: int | None
 
     @classmethod
     def from_model(cls, row: ApiKeyRow, *, last_used_at: datetime | None = None) -> ApiKey:
@@ -39,6 +43,8 @@ class ApiKey:
             last_used_at=used,
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
+            requests_per_minute=row.requests_per_minute,
+            tokens_per_minute=row.tokens_per_minute,
         )
 
 
@@ -103,6 +109,26 @@ async def revoke_api_key(
     key_id = parse_id(id)
     row = await service.revoke_key(
         ctx.resources.db, principal=require_principal(info), key_id=key_id, client=ctx.client
+    )
+    ctx.resources.authenticator.forget(key_id)
+    return ApiKey.from_model(row)
+
+
+async def set_api_key_limits(
+    info: Info[Context, Any],
+    id: strawberry.ID,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+) -> ApiKey:
+    ctx = info.context
+    key_id = parse_id(id)
+    row = await service.set_limits(
+        ctx.resources.db,
+        principal=require_principal(info),
+        key_id=key_id,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        client=ctx.client,
     )
     ctx.resources.authenticator.forget(key_id)
     return ApiKey.from_model(row)

@@ -6,7 +6,7 @@ import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 
-from infer.schema import api_key, user
+from infer.schema import api_key, notification, user
 from infer.schema import node as nodes
 from infer.schema.errors import InferErrors, Schema
 from infer.schema.scalars import SCALARS
@@ -46,6 +46,14 @@ class Mutation:
     update_node: nodes.Node = strawberry.mutation(resolver=nodes.update_node)
     set_model_prices: nodes.Node = strawberry.mutation(
         resolver=nodes.set_model_prices, description="Set prices per model (USD per 1M tokens)."
+    )
+    mark_notifications_read: int = strawberry.mutation(
+        resolver=notification.mark_notifications_read,
+        description="Mark these notifications read (all unread ones without ids); the count.",
+    )
+    set_api_key_limits: api_key.ApiKey = strawberry.mutation(
+        resolver=api_key.set_api_key_limits,
+        description="Set a key's own rate limits (null: the platform's defaults).",
     )
     deregister_node: bool = strawberry.mutation(
         resolver=nodes.deregister_node, description="Remove a node from the market."

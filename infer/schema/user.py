@@ -9,6 +9,7 @@ import strawberry
 from starlette.responses import Response
 from strawberry.types import Info
 
+from infer import notifications
 from infer.accounts import service
 from infer.accounts.service import LoggedIn
 from infer.config import Settings
@@ -17,6 +18,7 @@ from infer.schema import usage as reports
 from infer.schema.api_key import ApiKey
 from infer.schema.context import Context
 from infer.schema.node import Node
+from infer.schema.notification import Notification
 from infer.schema.permissions import require_principal
 from infer.schema.scalars import Money
 
@@ -46,6 +48,18 @@ class User:
         rows = await info.context.loaders.api_keys.load(uuid.UUID(self.id))
         pending = info.context.resources.authenticator.pending_last_used
         return [ApiKey.from_model(row, last_used_at=pending(row.id)) for row in rows]
+
+    @strawberry.field
+    async def notifications(
+        self, info: Info[Context, Any], unread_only: bool = False, first: int = 20
+    ) -> list[Notification]:
+        rows = await notifications.list_notifications(
+            info.context.resources.db,
+            user_id=uuid.UUID(self.id),
+            unread_only=unread_only,
+            first=first,
+        )
+        return [Notification.from_model(row) for row in rows]
 
     @strawberry.field
     async def nodes(self, info: Info[Context, Any]) -> list[Node]:
