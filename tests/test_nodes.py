@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -14,6 +15,7 @@ from sqlmodel import select
 from infer.config import Settings
 from infer.db import Database
 from infer.models import HealthCheck, Node, Notification
+from infer.resources import Resources
 from infer.simulator import SimulatorConfig, serve_simulator_in_thread
 
 REGISTER = """
@@ -232,3 +234,17 @@ async def test_operators_read_and_clear_their_node_notifications(
     marked = await graphql("mutation { markNotificationsRead }", key=user_key)
     assert marked["data"] == {"markNotificationsRead": 1}
     assert (await graphql(unread, key=user_key))["data"]["me"]["notifications"] == []  # type: ignore[index]
+
+
+async def test_a_nodes_health_history_is_shown_newest_first(
+    graphql: GraphQLClient, user_key: str, resources: Resources
+) -> None:
+    with serve_simulator_in_thread(SIMULATOR) as url:
+        node_id = (await graphql(REGISTER, {"input": _input(url)}, key=user_key))["data"][
+            "registerNode"
+        ]["id"]  # type: ignore[index]
+    await resources.monitor.check_now(uuid.UUID(node_id), force=True)  # now unreachable
+    history = "query($id: ID!) { node(id: $id) { healthChecks(last: 5) { ok error } } }"
+    checks = (await graphql(history, {"id": node_id}, key=user_key))["data"]["node"]["healthChecks"]  # type: ignore[index]
+    assert [c["ok"] for c in checks] == [False, True]
+    assert checks[0]["error"]

@@ -16,7 +16,7 @@ from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
 from infer.db import Database
 from infer.errors import BadInput, NotFound
-from infer.models import Node, NodeModel, NodeStatus, Runtime, utcnow
+from infer.models import HealthCheck, Node, NodeModel, NodeStatus, Runtime, utcnow
 from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy, check_endpoint
 
@@ -288,4 +288,28 @@ async def models_of_nodes(
     grouped: dict[uuid.UUID, list[NodeModel]] = {node_id: [] for node_id in node_ids}
     for model in rows:
         grouped[model.node_id].append(model)
+    return grouped
+
+
+async def recent_checks(
+    session: AsyncSession, node_ids: Sequence[uuid.UUID], *, last: int
+) -> dict[uuid.UUID, list[HealthCheck]]:
+    """The newest `last` health checks of each node, newest first, in one query."""
+    rank = (
+        sa.func.row_number()
+        .over(partition_by=col(HealthCheck.node_id), order_by=col(HealthCheck.checked_at).desc())
+        .label("rank")
+    )
+    ranked = (
+        select(col(HealthCheck.id), rank).where(col(HealthCheck.node_id).in_(node_ids)).subquery()
+    )
+    rows = await session.exec(
+        select(HealthCheck)
+        .join(ranked, ranked.c.id == col(HealthCheck.id))
+        .where(ranked.c.rank <= last)
+        .order_by(col(HealthCheck.checked_at).desc())
+    )
+    grouped: dict[uuid.UUID, list[HealthCheck]] = {node_id: [] for node_id in node_ids}
+    for check in rows:
+        grouped[check.node_id].append(check)
     return grouped

@@ -15,8 +15,8 @@ from infer.audit import ClientInfo
 from infer.billing import ledger, reports
 from infer.billing.reports import Bucket, Dimension, Figures, Period, Side
 from infer.keys.service import keys_of_users
-from infer.models import ApiKey, Node, NodeModel
-from infer.nodes.registry import models_of_nodes, nodes_of_operators
+from infer.models import ApiKey, HealthCheck, Node, NodeModel
+from infer.nodes.registry import models_of_nodes, nodes_of_operators, recent_checks
 from infer.resources import Resources
 
 FiguresKey = tuple[Side, uuid.UUID, Period]
@@ -32,6 +32,7 @@ class Loaders:
     api_keys: DataLoader[uuid.UUID, list[ApiKey]] = field(init=False)
     nodes: DataLoader[uuid.UUID, list[Node]] = field(init=False)
     node_models: DataLoader[uuid.UUID, list[NodeModel]] = field(init=False)
+    health_checks: DataLoader[tuple[uuid.UUID, int], list[HealthCheck]] = field(init=False)
     usage_figures: DataLoader[FiguresKey, Figures] = field(init=False)
     usage_buckets: DataLoader[BucketsKey, list[Bucket]] = field(init=False)
 
@@ -40,6 +41,7 @@ class Loaders:
         self.api_keys = DataLoader(load_fn=self._api_keys)
         self.nodes = DataLoader(load_fn=self._nodes)
         self.node_models = DataLoader(load_fn=self._node_models)
+        self.health_checks = DataLoader(load_fn=self._health_checks)
         self.usage_figures = DataLoader(load_fn=self._usage_figures)
         self.usage_buckets = DataLoader(load_fn=self._usage_buckets)
 
@@ -57,6 +59,12 @@ class Loaders:
         async with self.resources.db.session() as session:
             grouped = await nodes_of_operators(session, operator_ids)
         return [grouped[operator_id] for operator_id in operator_ids]
+
+    async def _health_checks(self, keys: list[tuple[uuid.UUID, int]]) -> list[list[HealthCheck]]:
+        last = max(count for _, count in keys)
+        async with self.resources.db.session() as session:
+            grouped = await recent_checks(session, [node_id for node_id, _ in keys], last=last)
+        return [grouped[node_id][:count] for node_id, count in keys]
 
     async def _node_models(self, node_ids: list[uuid.UUID]) -> list[list[NodeModel]]:
         async with self.resources.db.session() as session:

@@ -10,7 +10,7 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from infer.errors import NotFound
+from infer.errors import BadInput, NotFound
 from infer.models import Node as NodeRow
 from infer.models import NodeModel as NodeModelRow
 from infer.models import NodeStatus as NodeStatusValue
@@ -48,6 +48,31 @@ async def _models(root: Node, info: Info[Context, Any]) -> list[NodeModel]:
     return [NodeModel.from_model(row) for row in rows]
 
 
+@strawberry.type(name="HealthCheck")
+class HealthCheck:
+    checked_at: datetime
+    ok: bool
+    latency_ms: float | None
+    model_count: int
+    error: str | None
+
+
+async def _health_checks(root: Node, info: Info[Context, Any], last: int = 20) -> list[HealthCheck]:
+    if not 1 <= last <= 100:
+        raise BadInput("last is 1 to 100", param="last")
+    rows = await info.context.loaders.health_checks.load((uuid.UUID(root.id), last))
+    return [
+        HealthCheck(
+            checked_at=r.checked_at,
+            ok=r.ok,
+            latency_ms=r.latency_ms,
+            model_count=r.model_count,
+            error=r.error,
+        )
+        for r in rows
+    ]
+
+
 @strawberry.type(name="Node")
 class Node:
     id: strawberry.ID
@@ -63,6 +88,9 @@ class Node:
     last_checked_at: datetime | None
     created_at: datetime
     models: list[NodeModel] = strawberry.field(resolver=_models)
+    health_checks: list[HealthCheck] = strawberry.field(
+        resolver=_health_checks, description="The newest checks first (kept for 24 hours)."
+    )
 
     @classmethod
     def from_model(cls, row: NodeRow) -> Node:
