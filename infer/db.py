@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -95,6 +98,14 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def group_by(rows: Iterable[T], keys: Sequence[K], key: Callable[[T], K]) -> dict[K, list[T]]:
+    """Rows of one query split per parent key, every key present (a DataLoader's shape)."""
+    grouped: dict[K, list[T]] = {k: [] for k in keys}
+    for row in rows:
+        grouped[key(row)].append(row)
+    return grouped
 
 
 def alembic_config(url: str) -> Any:

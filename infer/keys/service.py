@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from infer import audit
 from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
-from infer.db import Database
+from infer.db import Database, group_by
 from infer.errors import BadInput, NotFound
 from infer.models import ApiKey, utcnow
 from infer.security import apikeys
@@ -197,7 +197,4 @@ async def keys_of_users(
         .where(col(ApiKey.user_id).in_(user_ids))
         .order_by(col(ApiKey.created_at).desc())
     )
-    grouped: dict[uuid.UUID, list[ApiKey]] = {user_id: [] for user_id in user_ids}
-    for key in result:
-        grouped[key.user_id].append(key)
-    return grouped
+    return group_by(result, user_ids, lambda key: key.user_id)

@@ -14,7 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from infer import audit
 from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
-from infer.db import Database
+from infer.db import Database, group_by
 from infer.errors import BadInput, NotFound
 from infer.models import HealthCheck, Node, NodeModel, NodeStatus, Runtime, utcnow
 from infer.security.crypto import Keyring
@@ -273,10 +273,7 @@ async def nodes_of_operators(
     rows = await session.exec(
         select(Node).where(col(Node.operator_id).in_(operator_ids)).order_by(col(Node.created_at))
     )
-    grouped: dict[uuid.UUID, list[Node]] = {operator_id: [] for operator_id in operator_ids}
-    for node in rows:
-        grouped[node.operator_id].append(node)
-    return grouped
+    return group_by(rows, operator_ids, lambda node: node.operator_id)
 
 
 async def models_of_nodes(
@@ -285,10 +282,7 @@ async def models_of_nodes(
     rows = await session.exec(
         select(NodeModel).where(col(NodeModel.node_id).in_(node_ids)).order_by(col(NodeModel.model))
     )
-    grouped: dict[uuid.UUID, list[NodeModel]] = {node_id: [] for node_id in node_ids}
-    for model in rows:
-        grouped[model.node_id].append(model)
-    return grouped
+    return group_by(rows, node_ids, lambda model: model.node_id)
 
 
 async def recent_checks(
@@ -309,7 +303,4 @@ async def recent_checks(
         .where(ranked.c.rank <= last)
         .order_by(col(HealthCheck.checked_at).desc())
     )
-    grouped: dict[uuid.UUID, list[HealthCheck]] = {node_id: [] for node_id in node_ids}
-    for check in rows:
-        grouped[check.node_id].append(check)
-    return grouped
+    return group_by(rows, node_ids, lambda check: check.node_id)
