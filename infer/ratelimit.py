@@ -7,7 +7,7 @@ import time
 
 from limits import parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from infer.config import Settings
 from infer.errors import RateLimited
@@ -17,7 +17,9 @@ class RateLimiter:
     """Named limits ("10/5 minutes") checked against one storage for the whole process."""
 
     def __init__(self, storage: Storage) -> None:
-        self._limiter = MovingWindowRateLimiter(storage)
+        # A sliding window counter costs O(1) per hit whatever the cost (tokens), unlike a
+        # moving window that stores one timestamp per unit.
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
