@@ -103,10 +103,13 @@ async def test_degraded_nodes_are_candidates_but_do_not_list_a_model(db: Databas
     assert await catalog.models() == ["llama3"]
 
 
-async def test_unpriced_models_are_served_free(db: Database) -> None:
-    await add_node(db, "gift", price=(0, 0))
-    [candidate] = await NodeCatalog(db).candidates("llama3")
-    assert (candidate.input_price_per_million, candidate.output_price_per_million) == (0, 0)
+async def test_unpriced_models_are_not_for_sale(db: Database) -> None:
+    await add_node(db, "discovered", price=(0, 0))
+    await add_node(db, "priced", models={"qwen": True}, price=(0, 1))
+    catalog = NodeCatalog(db)
+    assert await catalog.candidates("llama3") == []
+    assert [c.name for c in await catalog.candidates("qwen")] == ["priced"]
+    assert await catalog.models() == ["qwen"]
 
 
 async def test_changes_show_after_the_refresh_period(db: Database) -> None:

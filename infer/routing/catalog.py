@@ -134,6 +134,9 @@ class NodeCatalog:
             .where(
                 col(Node.status).in_([NodeStatus.ONLINE, NodeStatus.DEGRADED]),
                 col(NodeModel.available).is_(True),
+                # Never priced (a model the monitor found): not for sale, not free.
+                (col(NodeModel.input_price_per_million) + col(NodeModel.output_price_per_million))
+                > 0,
             )
             .order_by(col(NodeModel.model), col(Node.id))
         )
