@@ -133,6 +133,7 @@ class Resources:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:
+            await self.completions.close()
             await self.authenticator.flush_last_used()
         finally:
             await self.http.aclose()

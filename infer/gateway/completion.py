@@ -15,7 +15,8 @@ import anyio
 import httpx
 
 from infer.accounts.principal import Principal
-from infer.billing import settlement
+from infer.billing import batches, settlement
+from infer.billing.batching import GroupCommit
 from infer.billing.metering import meter, typical_prompt_tokens
 from infer.billing.pricing import cost, estimate_prompt_tokens, split
 from infer.db import Database
@@ -72,6 +73,18 @@ class Completions:
         self.deadlines = deadlines
         self.policy = policy
         self.accounts = AccountIds(db)
+        # Concurrent requests share hold and settlement transactions (group commit).
+        self.holds: GroupCommit[batches.HoldRequest, uuid.UUID] = GroupCommit(
+            lambda requests: batches.place_holds(db, requests)
+        )
+        self.settlements: GroupCommit[batches.Settlement, None] = GroupCommit(
+            lambda items: batches.settle_many(db, items)
+        )
+
+    async def close(self) -> None:
+        """Let the holds and settlements already submitted reach the database."""
+        await self.holds.close()
+        await self.settlements.close()
 
     async def start(
         self,
@@ -103,12 +116,13 @@ class Completions:
         account_id = await self.accounts.of(buyer.user_id)
         hold_id = None
         if worst_case > 0:
-            hold_id = await settlement.place_hold(
-                self.db,
-                account_id=account_id,
-                amount=worst_case,
-                request_id=request_id,
-                expires_at=utcnow() + self.policy.hold_ttl,
+            hold_id = await self.holds.submit(
+                batches.HoldRequest(
+                    account_id=account_id,
+                    amount=worst_case,
+                    request_id=request_id,
+                    expires_at=utcnow() + self.policy.hold_ttl,
+                )
             )
         completion = Completion(
             self,
@@ -291,12 +305,13 @@ class Completion:
             tokens_per_second=metered.completion_tokens / generation_s if complete else None,
         )
         try:
-            await settlement.settle(
-                self.owner.db,
-                hold_id=self.hold_id,
-                buyer_account_id=self.account_id,
-                operator_account_id=await self.owner.accounts.of(candidate.operator_id),
-                usage=usage,
+            await self.owner.settlements.submit(
+                batches.Settlement(
+                    hold_id=self.hold_id,
+                    buyer_account_id=self.account_id,
+                    operator_account_id=await self.owner.accounts.of(candidate.operator_id),
+                    usage=usage,
+                )
             )
         except Exception:  # the answer was delivered; the hold expires and we alert
             log.exception("could not settle request %s", self.request_id)

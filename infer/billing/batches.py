@@ -1,0 +1,222 @@
+"""Holds and settlements in batches: one transaction, few statements, many requests."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from infer.billing import settlement
+from infer.billing.ledger import FEES_ACCOUNT_ID
+from infer.db import Database
+from infer.errors import InsufficientFunds
+from infer.models import (
+    AccountKind,
+    Hold,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    UsageRecord,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+_accounts = LedgerAccount.__table__  # type: ignore[attr-defined]
+_holds = Hold.__table__  # type: ignore[attr-defined]
+_NO_FUNDS = "your balance is too low for this request"
+
+
+@dataclass(frozen=True)
+class HoldRequest:
+    account_id: uuid.UUID
+    amount: int
+    request_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Settlement:
+    hold_id: uuid.UUID | None
+    buyer_account_id: uuid.UUID
+    operator_account_id: uuid.UUID | None
+    usage: settlement.Usage
+
+
+async def _reserve(session: AsyncSession, account_id: uuid.UUID, amount: int) -> bool:
+    result = await session.exec(
+        sa.update(_accounts)
+        .where(
+            _accounts.c.id == account_id,
+            _accounts.c.kind == AccountKind.USER.value,
+            _accounts.c.balance - _accounts.c.reserved >= amount,
+        )
+        .values(reserved=_accounts.c.reserved + amount)
+    )
+    return bool(result.rowcount == 1)
+
+
+async def place_holds(
+    db: Database, requests: Sequence[HoldRequest]
+) -> list[uuid.UUID | BaseException]:
+    """Reserve funds for many requests: one conditional update per account when all fit."""
+    by_account: dict[uuid.UUID, list[int]] = defaultdict(list)
+    for index, request in enumerate(requests):
+        by_account[request.account_id].append(index)
+    granted: list[uuid.UUID | BaseException] = [InsufficientFunds(_NO_FUNDS)] * len(requests)
+    rows = []
+    # A hold lost in a crash dies with its request, so its commit need not wait for disk.
+    async with db.transaction(durable=False) as session:
+        for account_id in sorted(by_account):
+            indexes = by_account[account_id]
+            total = sum(requests[i].amount for i in indexes)
+            if await _reserve(session, account_id, total):
+                fitting = indexes
+            else:  # not all of them fit: admit one at a time, in arrival order
+                fitting = [
+                    i for i in indexes if await _reserve(session, account_id, requests[i].amount)
+                ]
+            for i in fitting:
+                hold_id = uuid.uuid4()
+                granted[i] = hold_id
+                request = requests[i]
+                rows.append(
+                    {
+                        "id": hold_id,
+                        "account_id": account_id,
+                        "amount": request.amount,
+                        "request_id": request.request_id,
+                        "created_at": utcnow(),
+                        "expires_at": request.expires_at,
+                        "released_at": None,
+                    }
+                )
+        if rows:
+            await session.exec(sa.insert(_holds), params=rows)
+    return granted
+
+
+async def settle_many(db: Database, items: Sequence[Settlement]) -> list[BaseException | None]:
+    """Settle many requests in one transaction; if that fails, each on its own."""
+    try:
+        async with db.transaction() as session:
+            await _settle_together(session, items)
+        return [None] * len(items)
+    except Exception:
+        if len(items) == 1:
+            raise
+        log.warning(
+            "a settlement batch of %d failed; settling one by one", len(items), exc_info=True
+        )
+    results: list[BaseException | None] = []
+    for item in items:
+        try:
+            await settlement.settle(
+                db,
+                hold_id=item.hold_id,
+                buyer_account_id=item.buyer_account_id,
+                operator_account_id=item.operator_account_id,
+                usage=item.usage,
+            )
+            results.append(None)
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+async def _settle_together(session: AsyncSession, items: Sequence[Settlement]) -> None:
+    now = utcnow()
+    hold_ids = [i.hold_id for i in items if i.hold_id is not None]
+    released: dict[uuid.UUID, int] = {}
+    if hold_ids:
+        result = await session.exec(
+            sa.update(_holds)
+            .where(_holds.c.id.in_(hold_ids), _holds.c.released_at.is_(None))
+            .values(released_at=now)
+            .returning(_holds.c.id, _holds.c.amount)
+        )
+        released = {hold_id: int(amount) for hold_id, amount in result.all()}
+    balance: dict[uuid.UUID, int] = defaultdict(int)
+    unreserve: dict[uuid.UUID, int] = defaultdict(int)
+    transactions, entries, usages = [], [], []
+    for item in items:
+        usage = item.usage
+        if item.hold_id is not None:
+            unreserve[item.buyer_account_id] += released.get(item.hold_id, 0)
+        transaction_id = None
+        if usage.cost > 0:
+            transaction_id = uuid.uuid4()
+            transactions.append(
+                {
+                    "id": transaction_id,
+                    "kind": "usage",
+                    "idempotency_key": None,
+                    "memo": usage.model,
+                    "actor_id": None,
+                    "created_at": now,
+                }
+            )
+            postings = [(item.buyer_account_id, -usage.cost)]
+            operator_share = usage.earning if item.operator_account_id else 0
+            if operator_share:
+                postings.append((item.operator_account_id, operator_share))  # type: ignore[arg-type]
+            if usage.cost - operator_share:
+                postings.append((FEES_ACCOUNT_ID, usage.cost - operator_share))
+            for account_id, amount in postings:
+                balance[account_id] += amount
+                entries.append(
+                    {"transaction_id": transaction_id, "account_id": account_id, "amount": amount}
+                )
+        usages.append(_usage_row(usage, transaction_id, now))
+    # A fixed lock order (by account id) keeps concurrent batches from deadlocking.
+    for account_id in sorted(set(balance) | set(unreserve)):
+        delta, release = balance.get(account_id, 0), unreserve.get(account_id, 0)
+        statement = (
+            sa.update(_accounts)
+            .where(_accounts.c.id == account_id)
+            .values(balance=_accounts.c.balance + delta, reserved=_accounts.c.reserved - release)
+        )
+        if delta < 0:
+            statement = statement.where(
+                sa.or_(
+                    _accounts.c.kind != AccountKind.USER.value,
+                    _accounts.c.balance - (_accounts.c.reserved - release) + delta >= 0,
+                )
+            )
+        if (await session.exec(statement)).rowcount != 1:
+            raise InsufficientFunds("the balance is too low for this")
+    if transactions:
+        await session.exec(sa.insert(LedgerTransaction.__table__), params=transactions)  # type: ignore[attr-defined]
+        await session.exec(sa.insert(LedgerEntry.__table__), params=entries)  # type: ignore[attr-defined]
+    await session.exec(sa.insert(UsageRecord.__table__), params=usages)  # type: ignore[attr-defined]
+
+
+def _usage_row(
+    usage: settlement.Usage, transaction_id: uuid.UUID | None, now: datetime
+) -> dict[str, object]:
+    return {
+        "id": uuid.uuid4(),
+        "request_id": usage.request_id,
+        "buyer_id": usage.buyer_id,
+        "api_key_id": usage.api_key_id,
+        "node_id": usage.node_id,
+        "operator_id": usage.operator_id,
+        "model": usage.model,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "estimated": usage.estimated,
+        "cost": usage.cost,
+        "operator_earning": usage.earning,
+        "platform_fee": usage.fee,
+        "status": usage.status,
+        "ttft_ms": usage.ttft_ms,
+        "duration_ms": usage.duration_ms,
+        "transaction_id": transaction_id,
+        "created_at": now,
+    }

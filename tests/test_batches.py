@@ -1,0 +1,135 @@
+"""Group-committed holds and settlements keep every guarantee of the one-by-one path."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from infer.audit import ClientInfo
+from infer.billing import ledger
+from infer.billing.batches import HoldRequest, Settlement, place_holds, settle_many
+from infer.billing.batching import GroupCommit
+from infer.billing.credits import grant_credits
+from infer.billing.settlement import Usage
+from infer.db import Database
+from infer.errors import InsufficientFunds
+from infer.models import Hold, LedgerAccount, UsageRecord, User, utcnow
+
+
+async def _buyer(db: Database, email: str, credits: int) -> tuple[uuid.UUID, uuid.UUID]:
+    async with db.transaction() as session:
+        user = User(email=email)
+        session.add(user)
+        await session.flush()
+        account = await ledger.open_user_account(session, user_id=user.id)
+    if credits:
+        await grant_credits(db, email=email, amount=credits, client=ClientInfo.cli())
+    return user.id, account.id
+
+
+def _hold(account_id: uuid.UUID, amount: int) -> HoldRequest:
+    return HoldRequest(account_id, amount, uuid.uuid4().hex, utcnow() + timedelta(minutes=5))
+
+
+def _usage(buyer_id: uuid.UUID, cost: int) -> Usage:
+    return Usage(
+        request_id=uuid.uuid4().hex,
+        buyer_id=buyer_id,
+        api_key_id=None,
+        node_id=None,
+        operator_id=None,
+        model="m",
+        prompt_tokens=1,
+        completion_tokens=1,
+        estimated=False,
+        cost=cost,
+        earning=cost - cost // 10,
+        fee=cost // 10,
+        status="completed",
+    )
+
+
+async def _account(db: Database, account_id: uuid.UUID) -> LedgerAccount:
+    async with db.session() as session:
+        account = await session.get(LedgerAccount, account_id)
+        assert account is not None
+        return account
+
+
+async def test_holds_that_do_not_all_fit_are_admitted_in_arrival_order(db: Database) -> None:
+    _, account_id = await _buyer(db, "ann@example.com", 100)
+    granted = await place_holds(db, [_hold(account_id, a) for a in (40, 50, 30, 10)])
+    assert [isinstance(g, uuid.UUID) for g in granted] == [True, True, False, True]
+    assert isinstance(granted[2], InsufficientFunds)
+    assert (await _account(db, account_id)).reserved == 100
+
+
+async def test_a_batch_settles_exactly_and_releases_its_holds(db: Database) -> None:
+    user_id, account_id = await _buyer(db, "ann@example.com", 1_000)
+    _, operator_account = await _buyer(db, "op@example.com", 0)
+    holds = await place_holds(db, [_hold(account_id, 300) for _ in range(3)])
+    items = [
+        Settlement(hold, account_id, operator_account, _usage(user_id, cost))
+        for hold, cost in zip(holds, (100, 250, 0), strict=True)
+        if isinstance(hold, uuid.UUID)
+    ]
+    assert await settle_many(db, items) == [None, None, None]
+    buyer = await _account(db, account_id)
+    assert (buyer.balance, buyer.reserved) == (650, 0)
+    assert (await _account(db, operator_account)).balance == 90 + 225
+    async with db.session() as session:
+        assert len((await session.exec(select(UsageRecord))).all()) == 3
+        assert all(h.released_at for h in (await session.exec(select(Hold))).all())
+        assert (await ledger.check_books(session)).balanced
+
+
+async def test_one_bad_settlement_does_not_sink_the_rest_of_its_batch(db: Database) -> None:
+    user_id, account_id = await _buyer(db, "ann@example.com", 100)
+    good = Settlement(None, account_id, None, _usage(user_id, 60))
+    # More than the balance, with no hold behind it: it cannot be charged.
+    bad = Settlement(None, account_id, None, _usage(user_id, 500))
+    results = await settle_many(db, [good, bad])
+    assert results[0] is None
+    assert isinstance(results[1], InsufficientFunds)
+    assert (await _account(db, account_id)).balance == 40
+    async with db.session() as session:
+        assert (await ledger.check_books(session)).balanced
+
+
+async def test_concurrent_jobs_share_batches_and_get_their_own_results() -> None:
+    batches: list[int] = []
+
+    async def run(jobs: Sequence[int]) -> list[int | BaseException]:
+        batches.append(len(jobs))
+        await asyncio.sleep(0.01)
+        return [ValueError("odd") if job % 2 else job * 10 for job in jobs]
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+    first = asyncio.ensure_future(group.submit(0))
+    await asyncio.sleep(0.002)  # the first batch is running: the rest queue for the next
+    rest = await asyncio.gather(*(group.submit(i) for i in range(1, 20)), return_exceptions=True)
+    results = [await first, *rest]
+    assert [r if isinstance(r, int) else "error" for r in results] == [
+        i * 10 if i % 2 == 0 else "error" for i in range(20)
+    ]
+    assert batches == [1, 19]
+
+
+@pytest.mark.parametrize("concurrency", [40])
+async def test_concurrent_holds_through_group_commit_never_overdraw(
+    db: Database, concurrency: int
+) -> None:
+    _, account_id = await _buyer(db, "ann@example.com", 1_000)
+    group: GroupCommit[HoldRequest, uuid.UUID] = GroupCommit(lambda r: place_holds(db, r))
+    results = await asyncio.gather(
+        *(group.submit(_hold(account_id, 75)) for _ in range(concurrency)), return_exceptions=True
+    )
+    granted = [r for r in results if isinstance(r, uuid.UUID)]
+    assert len(granted) == 1_000 // 75
+    assert all(isinstance(r, (uuid.UUID, InsufficientFunds)) for r in results)
+    assert (await _account(db, account_id)).reserved == 75 * len(granted)
