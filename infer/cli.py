@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -16,6 +17,9 @@ from infer.billing.money import format_usd, parse_usd
 from infer.config import Settings, load_settings
 from infer.db import Database, upgrade_database
 from infer.errors import InferError
+
+if TYPE_CHECKING:
+    from infer.agent.register import RegistrationOptions
 
 
 class CommandError(Exception):
@@ -148,18 +152,24 @@ def cmd_node_detect(args: argparse.Namespace, settings: Settings) -> None:
     print(json.dumps(detection.to_json(), indent=2))
 
 
-def cmd_node_register(args: argparse.Namespace, settings: Settings) -> None:
-    from infer.agent.detect import detect
-    from infer.agent.platform import PlatformClient
-    from infer.agent.register import RegistrationOptions, build_registration
+def _registration_options(args: argparse.Namespace) -> RegistrationOptions:
+    from infer.agent.register import RegistrationOptions
 
-    options = RegistrationOptions.parse(
+    return RegistrationOptions.parse(
         name=args.name,
         runtime=args.runtime,
         endpoint=args.endpoint,
         prices=args.price or (),
         default_price=args.default_price,
     )
+
+
+def cmd_node_register(args: argparse.Namespace, settings: Settings) -> None:
+    from infer.agent.detect import detect
+    from infer.agent.platform import PlatformClient
+    from infer.agent.register import build_registration
+
+    options = _registration_options(args)
     _quiet_http()
     with PlatformClient(args.platform, _api_key(args)) as platform:
         _warn_about(args, platform.url)
@@ -179,17 +189,10 @@ def cmd_node_agent(args: argparse.Namespace, settings: Settings) -> None:
     from infer.agent.detect import detect
     from infer.agent.loop import Agent, StatusLine
     from infer.agent.platform import PlatformClient
-    from infer.agent.register import RegistrationOptions
 
     if args.interval <= 0 or (args.iterations is not None and args.iterations < 1):
         raise CommandError("--interval and --iterations must be positive")
-    options = RegistrationOptions.parse(
-        name=args.name,
-        runtime=args.runtime,
-        endpoint=args.endpoint,
-        prices=args.price or (),
-        default_price=args.default_price,
-    )
+    options = _registration_options(args)
     _quiet_http()
     with PlatformClient(args.platform, _api_key(args)) as platform:
         _warn_about(args, platform.url)

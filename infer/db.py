@@ -26,8 +26,10 @@ def is_sqlite(url: str) -> bool:
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Build the async engine; on SQLite, WAL and explicit BEGIN for real transactions."""
     if not is_sqlite(url):
+        # No pre-ping (three round trips per checkout): a connection found dead raises
+        # once, and SQLAlchemy then replaces the whole pool; recycling bounds their age.
         return create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True
+            url, pool_size=pool_size, max_overflow=pool_size * 2, pool_recycle=1800
         )
     engine = create_async_engine(url, connect_args={"timeout": 30})
 
