@@ -17,6 +17,7 @@ from infer.config import Settings
 from infer.db import Database
 from infer.gateway.completion import BillingPolicy, Completions
 from infer.keys.auth import KeyAuthenticator
+from infer.keys.revocations import KeyChanges
 from infer.keys.service import KeyMaterial
 from infer.nodes.clients.base import Deadlines
 from infer.nodes.http import create_http_client
@@ -49,6 +50,7 @@ class Resources:
     monitor: HealthMonitor
     router: Router
     completions: Completions
+    key_changes: KeyChanges
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -65,6 +67,7 @@ class Resources:
         )
         policy = AddressPolicy(allow_private=settings.allow_private_endpoints)
         router = Router(NodeCatalog(db), router_state_from_settings(settings))
+        authenticator = KeyAuthenticator(db, lookup_key=lookup_key)
         http = create_http_client(
             allow_private=settings.allow_private_endpoints, deadlines=deadlines
         )
@@ -74,7 +77,7 @@ class Resources:
             limiter=RateLimiter.from_settings(settings),
             signer=SessionSigner(settings.secret("secret_key")),
             key_material=KeyMaterial(lookup_key=lookup_key, keyring=keyring),
-            authenticator=KeyAuthenticator(db, lookup_key=lookup_key),
+            authenticator=authenticator,
             login_policy=LoginPolicy(
                 account_limit=settings.login_limit_account,
                 address_limit=settings.login_limit_address,
@@ -91,6 +94,9 @@ class Resources:
                 on_change=router.catalog.invalidate,
             ),
             router=router,
+            key_changes=KeyChanges.from_url(
+                settings.redis_url, prefix=settings.redis_prefix, forget=authenticator.forget
+            ),
             completions=Completions(
                 db=db,
                 router=router,
@@ -109,6 +115,7 @@ class Resources:
         self._tasks.append(asyncio.create_task(self._flush_last_used_forever()))
         self._tasks.append(asyncio.create_task(self.monitor.run_forever()))
         self._tasks.append(asyncio.create_task(self._expire_holds_forever()))
+        self._tasks.append(asyncio.create_task(self.key_changes.listen_forever()))
 
     async def _flush_last_used_forever(self) -> None:
         while True:
@@ -138,4 +145,5 @@ class Resources:
         finally:
             await self.http.aclose()
             await self.router.state.close()
+            await self.key_changes.close()
             await self.db.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
@@ -221,3 +222,31 @@ async def test_a_key_can_have_its_own_rate_limits(graphql: GraphQLClient, user_k
     assert _code(bad) == "BAD_USER_INPUT"
     cleared = await graphql(limits, {"id": key_id}, key=user_key)
     assert cleared["data"]["setApiKeyLimits"]["requestsPerMinute"] is None  # type: ignore[index]
+
+
+async def test_a_key_revoked_on_one_replica_is_refused_at_once_by_another(
+    settings: Settings, backend: str
+) -> None:
+    if backend != "postgres":
+        pytest.skip("replicas share key changes through Redis, configured on this variant")
+    async with (
+        started(settings) as (one, _),
+        started(settings) as (two, _),
+        http_client(one) as http_one,
+        http_client(two) as http_two,
+    ):
+        first, second = GraphQLClient(http_one), GraphQLClient(http_two)
+        await first(SIGN_UP, {"e": "ann@example.com", "p": PASSWORD})
+        secret = (await first(CREATE_KEY, {"n": "k"}))["data"]["createApiKey"]["secret"]  # type: ignore[index]
+        key_id = await _key_id(second, str(secret))  # now cached by the second replica
+        await first(REVOKE, {"id": key_id})
+        for _ in range(50):  # the change travels through Redis pub/sub
+            response = await http_two.post(
+                "/graphql",
+                json={"query": ME_KEYS},
+                headers={"Authorization": f"Bearer {secret}"},
+            )
+            if response.status_code == 401:
+                break
+            await asyncio.sleep(0.02)
+    assert response.status_code == 401

@@ -97,7 +97,7 @@ async def rotate_api_key(
         client=ctx.client,
         grace_seconds=grace_period_seconds,
     )
-    ctx.resources.authenticator.forget(key_id)
+    await ctx.resources.key_changes.changed(key_id)
     return _issued(issued)
 
 
@@ -110,7 +110,7 @@ async def revoke_api_key(
     row = await service.revoke_key(
         ctx.resources.db, principal=require_principal(info), key_id=key_id, client=ctx.client
     )
-    ctx.resources.authenticator.forget(key_id)
+    await ctx.resources.key_changes.changed(key_id)
     return ApiKey.from_model(row)
 
 
@@ -130,5 +130,5 @@ async def set_api_key_limits(
         tokens_per_minute=tokens_per_minute,
         client=ctx.client,
     )
-    ctx.resources.authenticator.forget(key_id)
+    await ctx.resources.key_changes.changed(key_id)
     return ApiKey.from_model(row)

@@ -1,0 +1,71 @@
+"""Telling every replica at once that a key changed, so revocation is immediate everywhere.
+
+Each replica caches key lookups for a few seconds. With Redis configured, a replica
+that revokes, rotates or re-limits a key publishes its id, and every replica drops it
+from its cache on receipt. Without Redis there is one process, which forgets directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+RECONNECT_SECONDS = 1.0
+
+
+class KeyChanges:
+    """Publishes key changes and, in the background, applies everyone's to `forget`."""
+
+    def __init__(self, redis: Redis | None, *, channel: str, forget: Callable[[uuid.UUID], None]):
+        self._redis = redis
+        self._channel = channel
+        self._forget = forget
+
+    @classmethod
+    def from_url(
+        cls, url: str | None, *, prefix: str, forget: Callable[[uuid.UUID], None]
+    ) -> KeyChanges:
+        redis = Redis.from_url(url, socket_connect_timeout=2) if url else None
+        return cls(redis, channel=f"{prefix}:api-key-changes", forget=forget)
+
+    async def changed(self, key_id: uuid.UUID) -> None:
+        """Forget the key here now, and tell the other replicas."""
+        self._forget(key_id)
+        if self._redis is None:
+            return
+        try:
+            await self._redis.publish(self._channel, str(key_id))
+        except RedisError:  # others still drop it when their short cache expires
+            log.warning("could not announce an API key change to other replicas")
+
+    async def listen_forever(self) -> None:
+        if self._redis is None:
+            return
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._apply(message["data"])
+            except RedisError:
+                log.warning("lost the API key change feed; reconnecting")
+                await asyncio.sleep(RECONNECT_SECONDS)
+
+    def _apply(self, data: bytes | str) -> None:
+        try:
+            key_id = uuid.UUID(data.decode() if isinstance(data, bytes) else data)
+        except ValueError:
+            return
+        self._forget(key_id)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
