@@ -10,7 +10,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 T = TypeVar("T")
@@ -60,8 +65,9 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._reads = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        self._write_engine = engine.execution_options(sqlite_immediate=True)
         self._writes = async_sessionmaker(
-            engine.execution_options(sqlite_immediate=True),
+            self._write_engine,
             class_=AsyncSession,
             expire_on_commit=False,
         )
@@ -89,6 +95,17 @@ class Database:
                 connection = await session.connection()
                 await connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
             yield session
+
+    @asynccontextmanager
+    async def core_transaction(self, *, durable: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on a bare connection, for prebuilt Core statements on hot paths.
+
+        Same rules as `transaction()`, without the ORM session's bookkeeping.
+        """
+        async with self._write_engine.begin() as connection:
+            if not durable and self.engine.dialect.name == "postgresql":
+                await connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            yield connection
 
     async def ping(self) -> bool:
         try:

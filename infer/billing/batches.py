@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infer.billing import settlement
 from infer.billing.ledger import FEES_ACCOUNT_ID
@@ -32,6 +32,46 @@ _accounts = LedgerAccount.__table__  # type: ignore[attr-defined]
 _holds = Hold.__table__  # type: ignore[attr-defined]
 _NO_FUNDS = "your balance is too low for this request"
 
+# Built once: constructing and compiling statements per request costs more than running
+# them. Parameters: account, amount, hold ids, now, delta, release.
+_RESERVE = (
+    sa.update(_accounts)
+    .where(
+        _accounts.c.id == sa.bindparam("account"),
+        _accounts.c.kind == AccountKind.USER.value,
+        _accounts.c.balance - _accounts.c.reserved >= sa.bindparam("amount"),
+    )
+    .values(reserved=_accounts.c.reserved + sa.bindparam("amount"))
+)
+_RELEASE_HOLDS = (
+    sa.update(_holds)
+    .where(_holds.c.id.in_(sa.bindparam("holds", expanding=True)), _holds.c.released_at.is_(None))
+    .values(released_at=sa.bindparam("now"))
+    .returning(_holds.c.id, _holds.c.amount)
+)
+_MOVE = (
+    sa.update(_accounts)
+    .where(_accounts.c.id == sa.bindparam("account"))
+    .values(
+        balance=_accounts.c.balance + sa.bindparam("delta"),
+        reserved=_accounts.c.reserved - sa.bindparam("release"),
+    )
+)
+# A debit: never below what stays reserved on a user's account.
+_DEBIT = _MOVE.where(
+    sa.or_(
+        _accounts.c.kind != AccountKind.USER.value,
+        _accounts.c.balance
+        - (_accounts.c.reserved - sa.bindparam("release"))
+        + sa.bindparam("delta")
+        >= 0,
+    )
+)
+_INSERT_HOLDS = sa.insert(_holds)
+_INSERT_TRANSACTIONS = sa.insert(LedgerTransaction.__table__)  # type: ignore[attr-defined]
+_INSERT_ENTRIES = sa.insert(LedgerEntry.__table__)  # type: ignore[attr-defined]
+_INSERT_USAGE = sa.insert(UsageRecord.__table__)  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class HoldRequest:
@@ -49,16 +89,8 @@ class Settlement:
     usage: settlement.Usage
 
 
-async def _reserve(session: AsyncSession, account_id: uuid.UUID, amount: int) -> bool:
-    result = await session.exec(
-        sa.update(_accounts)
-        .where(
-            _accounts.c.id == account_id,
-            _accounts.c.kind == AccountKind.USER.value,
-            _accounts.c.balance - _accounts.c.reserved >= amount,
-        )
-        .values(reserved=_accounts.c.reserved + amount)
-    )
+async def _reserve(connection: AsyncConnection, account_id: uuid.UUID, amount: int) -> bool:
+    result = await connection.execute(_RESERVE, {"account": account_id, "amount": amount})
     return bool(result.rowcount == 1)
 
 
@@ -72,15 +104,15 @@ async def place_holds(
     granted: list[uuid.UUID | BaseException] = [InsufficientFunds(_NO_FUNDS)] * len(requests)
     rows = []
     # A hold lost in a crash dies with its request, so its commit need not wait for disk.
-    async with db.transaction(durable=False) as session:
+    async with db.core_transaction(durable=False) as connection:
         for account_id in sorted(by_account):
             indexes = by_account[account_id]
             total = sum(requests[i].amount for i in indexes)
-            if await _reserve(session, account_id, total):
+            if await _reserve(connection, account_id, total):
                 fitting = indexes
             else:  # not all of them fit: admit one at a time, in arrival order
                 fitting = [
-                    i for i in indexes if await _reserve(session, account_id, requests[i].amount)
+                    i for i in indexes if await _reserve(connection, account_id, requests[i].amount)
                 ]
             for i in fitting:
                 hold_id = uuid.uuid4()
@@ -98,15 +130,15 @@ async def place_holds(
                     }
                 )
         if rows:
-            await session.exec(sa.insert(_holds), params=rows)
+            await connection.execute(_INSERT_HOLDS, rows)
     return granted
 
 
 async def settle_many(db: Database, items: Sequence[Settlement]) -> list[BaseException | None]:
     """Settle many requests in one transaction; if that fails, each on its own."""
     try:
-        async with db.transaction() as session:
-            await _settle_together(session, items)
+        async with db.core_transaction() as connection:
+            await _settle_together(connection, items)
         return [None] * len(items)
     except Exception:
         if len(items) == 1:
@@ -130,17 +162,12 @@ async def settle_many(db: Database, items: Sequence[Settlement]) -> list[BaseExc
     return results
 
 
-async def _settle_together(session: AsyncSession, items: Sequence[Settlement]) -> None:
+async def _settle_together(connection: AsyncConnection, items: Sequence[Settlement]) -> None:
     now = utcnow()
     hold_ids = [i.hold_id for i in items if i.hold_id is not None]
     released: dict[uuid.UUID, int] = {}
     if hold_ids:
-        result = await session.exec(
-            sa.update(_holds)
-            .where(_holds.c.id.in_(hold_ids), _holds.c.released_at.is_(None))
-            .values(released_at=now)
-            .returning(_holds.c.id, _holds.c.amount)
-        )
+        result = await connection.execute(_RELEASE_HOLDS, {"holds": hold_ids, "now": now})
         released = {hold_id: int(amount) for hold_id, amount in result.all()}
     balance: dict[uuid.UUID, int] = defaultdict(int)
     unreserve: dict[uuid.UUID, int] = defaultdict(int)
@@ -177,24 +204,14 @@ async def _settle_together(session: AsyncSession, items: Sequence[Settlement]) -
     # A fixed lock order (by account id) keeps concurrent batches from deadlocking.
     for account_id in sorted(set(balance) | set(unreserve)):
         delta, release = balance.get(account_id, 0), unreserve.get(account_id, 0)
-        statement = (
-            sa.update(_accounts)
-            .where(_accounts.c.id == account_id)
-            .values(balance=_accounts.c.balance + delta, reserved=_accounts.c.reserved - release)
-        )
-        if delta < 0:
-            statement = statement.where(
-                sa.or_(
-                    _accounts.c.kind != AccountKind.USER.value,
-                    _accounts.c.balance - (_accounts.c.reserved - release) + delta >= 0,
-                )
-            )
-        if (await session.exec(statement)).rowcount != 1:
+        params = {"account": account_id, "delta": delta, "release": release}
+        result = await connection.execute(_DEBIT if delta < 0 else _MOVE, params)
+        if result.rowcount != 1:
             raise InsufficientFunds("the balance is too low for this")
     if transactions:
-        await session.exec(sa.insert(LedgerTransaction.__table__), params=transactions)  # type: ignore[attr-defined]
-        await session.exec(sa.insert(LedgerEntry.__table__), params=entries)  # type: ignore[attr-defined]
-    await session.exec(sa.insert(UsageRecord.__table__), params=usages)  # type: ignore[attr-defined]
+        await connection.execute(_INSERT_TRANSACTIONS, transactions)
+        await connection.execute(_INSERT_ENTRIES, entries)
+    await connection.execute(_INSERT_USAGE, usages)
 
 
 def _usage_row(
