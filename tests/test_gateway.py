@@ -399,7 +399,7 @@ async def test_rate_limited_keys_get_429_with_retry_after(
         market = Market(url, db)
         await market.setup(credits=10_000_000)
         await market.add_node(simulator, "sim")
-        statuses, headers = [], {}
+        statuses, seen = [], []
         for _ in range(3):
             response = await market.http.post(
                 "/api/v1/chat/completions",
@@ -407,10 +407,12 @@ async def test_rate_limited_keys_get_429_with_retry_after(
                 headers={"Authorization": f"Bearer {market.buyer_key}"},
             )
             statuses.append(response.status_code)
-            headers = dict(response.headers)
+            seen.append(response.headers)
         await market.close()
     assert statuses == [200, 200, 429]
-    assert int(headers["retry-after"]) >= 1
+    assert [h.get("x-ratelimit-remaining-requests") for h in seen[:2]] == ["1", "0"]
+    assert seen[0]["x-ratelimit-limit-requests"] == "2"
+    assert int(seen[2]["retry-after"]) >= 1
 
 
 async def test_oversize_bodies_get_413(market: Market) -> None:
