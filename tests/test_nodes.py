@@ -10,13 +10,20 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from conftest import PASSWORD, SIGN_UP, GraphQLClient, http_client, started
+from runtimes import FakeRuntime
 from sqlmodel import select
+from starlette.types import ASGIApp
 
 from infer.config import Settings
 from infer.db import Database
 from infer.models import HealthCheck, Node, Notification
 from infer.resources import Resources
-from infer.simulator import SimulatorConfig, serve_simulator_in_thread
+from infer.simulator import (
+    SimulatorConfig,
+    create_simulator_app,
+    serve_in_thread,
+    serve_simulator_in_thread,
+)
 
 REGISTER = """
 mutation($input: RegisterNodeInput!) {
@@ -171,19 +178,27 @@ async def _status(db: Database) -> str:
         return (await session.exec(select(Node.status))).one().value
 
 
+def _runtime_app(runtime: str) -> ASGIApp:
+    """A real runtime of each kind: the simulator for Ollama, test servers for the others."""
+    if runtime == "OLLAMA":
+        return create_simulator_app(SIMULATOR)
+    return FakeRuntime(dialect="exo" if runtime == "EXO" else "openai", models=("tiny-model",))
+
+
+@pytest.mark.parametrize("runtime", ["OLLAMA", "EXO", "OPENAI"])
 async def test_a_node_goes_offline_when_killed_and_online_when_restarted(
-    settings: Settings, db: Database
+    settings: Settings, db: Database, runtime: str
 ) -> None:
     fast = settings.model_copy(update={"health_interval": 0.4})
     port = _free_port()
     async with started(fast) as (app, _), http_client(app) as http:
         graphql = GraphQLClient(http)
         await graphql(SIGN_UP, {"e": "ann@example.com", "p": PASSWORD})
-        with serve_simulator_in_thread(SIMULATOR, port=port) as url:
-            await graphql(REGISTER, {"input": _input(url)})
+        with serve_in_thread(_runtime_app(runtime), port=port) as url:
+            await graphql(REGISTER, {"input": _input(url, runtime=runtime)})
             assert await _status(db) == "online"
         await _eventually(lambda: _is(db, "offline"))
-        with serve_simulator_in_thread(SIMULATOR, port=port):
+        with serve_in_thread(_runtime_app(runtime), port=port):
             await _eventually(lambda: _is(db, "online"))
     async with db.session() as session:
         kinds = [
