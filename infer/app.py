@@ -9,6 +9,7 @@ from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -67,6 +68,17 @@ def create_app(settings: Settings) -> Starlette:
         *gateway_routes,
     ]
     middleware = [
+        # Browsers on the listed origins may call with a Bearer key; cookies never count
+        # cross-origin (no credentials), so the dashboard's session stays same-origin.
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            expose_headers=["x-request-id", "retry-after", "x-ratelimit-remaining-requests"],
+            allow_credentials=False,
+            max_age=600,
+        ),
         Middleware(SecurityHeaders, production=settings.is_production),
         Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
     ]

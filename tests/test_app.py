@@ -79,3 +79,32 @@ async def test_non_json_posts_are_refused(client: httpx.AsyncClient, content_typ
 def test_schema_file_matches_the_code() -> None:
     """Regenerate: strawberry export-schema infer.schema:schema --output graphql/schema.graphql"""
     assert SDL.read_text().strip() == schema.as_str().strip()
+
+
+async def test_listed_origins_may_call_with_a_key_but_never_ride_on_the_cookie(
+    settings: Settings,
+) -> None:
+    allowed = settings.model_copy(update={"cors_origins": ("https://app.example",)})
+    async with started(allowed) as (app, _), http_client(app) as http:
+        preflight = await http.options(
+            "/api/v1/chat/completions",
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization,content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert "access-control-allow-credentials" not in preflight.headers
+        other = await http.options(
+            "/api/v1/models",
+            headers={"origin": "https://evil.example", "access-control-request-method": "GET"},
+        )
+        assert "access-control-allow-origin" not in other.headers
+        signup = 'mutation { signUp(email: "a@example.com", password: "long pass phrase") { id } }'
+        await http.post("/graphql", json={"query": signup})
+        cross = await http.post(
+            "/graphql", json={"query": "{ me { id } }"}, headers={"origin": "https://app.example"}
+        )
+    assert cross.status_code == 403

@@ -44,7 +44,8 @@ def _same_origin(request: Request, resources: Resources) -> bool:
     if origin is None:
         return True  # browsers always send Origin on cross-site POSTs
     own = f"{request.url.scheme}://{request.url.netloc}"
-    allowed = {own, resources.settings.public_origin, *resources.settings.cors_origins}
+    # Not the CORS origins: those may call with a Bearer key, never ride on the cookie.
+    allowed = {own, resources.settings.public_origin}
     return origin in allowed
 
 
