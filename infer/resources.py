@@ -134,11 +134,13 @@ class Resources:
             await asyncio.sleep(HOLD_SWEEP_SECONDS)
 
     async def close(self) -> None:
+        self.key_changes.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # A background task that ignores its cancellation must not hold up shutdown.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, timeout=5)
         try:
             await self.completions.close()
             await self.authenticator.flush_last_used()

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 1.0
+POLL_SECONDS = 0.25
 
 
 class KeyChanges:
@@ -27,6 +28,7 @@ class KeyChanges:
         self._redis = redis
         self._channel = channel
         self._forget = forget
+        self._stopped = False
 
     @classmethod
     def from_url(
@@ -48,14 +50,21 @@ class KeyChanges:
     async def listen_forever(self) -> None:
         if self._redis is None:
             return
-        while True:
+        while not self._stopped:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(self._channel)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                    # Polling with a short timeout (not a blocking listen) lets `stop()` end
+                    # the loop even when redis-py has swallowed a cancellation.
+                    while not self._stopped:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=POLL_SECONDS
+                        )
+                        if message is not None and message.get("type") == "message":
                             self._apply(message["data"])
             except RedisError:
+                if self._stopped:  # redis-py can turn our cancellation into this error
+                    return
                 log.warning("lost the API key change feed; reconnecting")
                 await asyncio.sleep(RECONNECT_SECONDS)
 
@@ -65,6 +74,10 @@ class KeyChanges:
         except ValueError:
             return
         self._forget(key_id)
+
+    def stop(self) -> None:
+        """Make the listener end instead of reconnecting (call before cancelling it)."""
+        self._stopped = True
 
     async def close(self) -> None:
         if self._redis is not None:
