@@ -6,7 +6,7 @@ import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 
-from infer.schema import api_key, notification, user
+from infer.schema import api_key, marketplace, notification, user
 from infer.schema import node as nodes
 from infer.schema.errors import InferErrors, Schema
 from infer.schema.scalars import SCALARS
@@ -16,6 +16,9 @@ from infer.schema.scalars import SCALARS
 class Query:
     me: user.User = strawberry.field(resolver=user.me, description="The signed-in user.")
     node: nodes.Node = strawberry.field(resolver=nodes.node, description="One of your nodes.")
+    providers: list[marketplace.Provider] = strawberry.field(
+        resolver=marketplace.providers, description="Operators selling inference now."
+    )
 
 
 @strawberry.type
@@ -46,6 +49,10 @@ class Mutation:
     update_node: nodes.Node = strawberry.mutation(resolver=nodes.update_node)
     set_model_prices: nodes.Node = strawberry.mutation(
         resolver=nodes.set_model_prices, description="Set prices per model (USD per 1M tokens)."
+    )
+    create_review: marketplace.Review = strawberry.mutation(
+        resolver=marketplace.create_review,
+        description="Rate a provider you have used, once (1 to 5).",
     )
     mark_notifications_read: int = strawberry.mutation(
         resolver=notification.mark_notifications_read,

@@ -1,0 +1,1 @@
+"""The marketplace: the provider directory, its figures, and reviews."""
