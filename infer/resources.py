@@ -8,8 +8,6 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import httpx
-
 from infer.accounts.service import LoginPolicy
 from infer.billing.pricing import fee_ppm
 from infer.billing.settlement import expire_holds
@@ -22,6 +20,7 @@ from infer.keys.service import KeyMaterial
 from infer.nodes.clients.base import Deadlines
 from infer.nodes.http import create_http_client
 from infer.nodes.monitor import HealthMonitor
+from infer.nodes.transport import NodeHTTP
 from infer.ratelimit import RateLimiter
 from infer.routing import NodeCatalog, Router, router_state_from_settings
 from infer.security.crypto import Keyring
@@ -46,7 +45,7 @@ class Resources:
     authenticator: KeyAuthenticator
     login_policy: LoginPolicy
     address_policy: AddressPolicy
-    http: httpx.AsyncClient
+    http: NodeHTTP
     monitor: HealthMonitor
     router: Router
     completions: Completions

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import anyio
-import httpx
 
 from infer.accounts.principal import Principal
 from infer.billing import batches, settlement
@@ -24,6 +23,7 @@ from infer.errors import UpstreamError
 from infer.models import utcnow
 from infer.nodes.clients import client_for
 from infer.nodes.clients.base import ChatChunk, ChatRequest, Deadlines, Usage
+from infer.nodes.transport import NodeHTTP
 from infer.routing.catalog import Candidate
 from infer.routing.preferences import Preferences
 from infer.routing.router import Router
@@ -61,7 +61,7 @@ class Completions:
         *,
         db: Database,
         router: Router,
-        http: httpx.AsyncClient,
+        http: NodeHTTP,
         keyring: Keyring,
         deadlines: Deadlines,
         policy: BillingPolicy,

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-import httpx
 import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -21,6 +20,7 @@ from infer.nodes.clients import client_for
 from infer.nodes.clients.base import Deadlines, Probe
 from infer.nodes.health import Health, after_check, next_delay
 from infer.nodes.registry import open_token
+from infer.nodes.transport import NodeHTTP
 from infer.security.crypto import Keyring
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class HealthMonitor:
     def __init__(
         self,
         db: Database,
-        http: httpx.AsyncClient,
+        http: NodeHTTP,
         *,
         interval: float,
         keyring: Keyring,

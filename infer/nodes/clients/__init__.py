@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
-
 from infer.errors import BadInput
 from infer.models import Runtime
 from infer.nodes.clients.base import Deadlines, RuntimeClient
 from infer.nodes.clients.exo import ExoClient
 from infer.nodes.clients.ollama import OllamaClient
 from infer.nodes.clients.openai import OpenAICompatibleClient
+from infer.nodes.transport import NodeHTTP
 
 CLIENTS: dict[Runtime, type[RuntimeClient]] = {
     Runtime.OLLAMA: OllamaClient,
@@ -20,7 +19,7 @@ CLIENTS: dict[Runtime, type[RuntimeClient]] = {
 
 def client_for(
     runtime: Runtime | str,
-    http: httpx.AsyncClient,
+    http: NodeHTTP,
     *,
     base_url: str,
     token: str | None = None,

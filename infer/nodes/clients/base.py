@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
-
 from infer.models import Runtime
+from infer.nodes.transport import NodeHTTP
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ class RuntimeClient(abc.ABC):
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: NodeHTTP,
         *,
         base_url: str,
         token: str | None = None,

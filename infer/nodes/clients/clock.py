@@ -1,6 +1,6 @@
-"""Deadlines enforced with asyncio: the clock of one streamed answer, the bound of one probe.
+"""Deadlines of node calls: the clock of one streamed answer, the bound of one probe.
 
-httpx's read timeout restarts with every byte, so it cannot tell a first byte from a
+A socket read timeout restarts with every byte, so it cannot tell a first byte from a
 keep-alive comment, nor a slow start from a stall; these can.
 """
 
@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 from infer.errors import UpstreamError, UpstreamTimeout
 from infer.nodes.clients.base import Deadlines
-
-T = TypeVar("T")
 
 
 class StreamClock:
@@ -26,7 +23,8 @@ class StreamClock:
 
     def __init__(self, deadlines: Deadlines) -> None:
         self.deadlines = deadlines
-        now = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
         self.end = now + deadlines.total
         self.next = now + deadlines.first_byte
         self.started = False
@@ -34,23 +32,21 @@ class StreamClock:
     def mark_event(self) -> None:
         """An event was handled (and handed on): the idle deadline starts again now."""
         self.started = True
-        self.next = asyncio.get_running_loop().time() + self.deadlines.idle
+        self.next = self._loop.time() + self.deadlines.idle
 
-    async def wait(self, awaitable: Awaitable[T]) -> T:
-        """Await under the nearest deadline; raise what that deadline stands for."""
-        until = min(self.next, self.end)
-        scope = asyncio.timeout_at(until)
-        try:
-            async with scope:
-                return await awaitable
-        except TimeoutError as exc:
-            if not scope.expired():
-                raise
-            raise self._expired(total=until >= self.end) from exc
+    def deadline(self) -> float:
+        """The loop time by which something must arrive: the nearer of idle and total."""
+        return min(self.next, self.end)
 
-    def _expired(self, *, total: bool) -> UpstreamError:
+    def check(self) -> None:
+        """Raise the total deadline's error if it has passed (a node that never pauses)."""
+        if self._loop.time() >= self.end:
+            raise self.expired()
+
+    def expired(self) -> UpstreamError:
+        """The error a passed deadline stands for (call when a wait timed out)."""
         d = self.deadlines
-        if total:
+        if self._loop.time() >= self.end:
             return UpstreamTimeout(f"the node did not finish within {d.total:g} s")
         if not self.started:
             return UpstreamTimeout(f"the node sent no answer within {d.first_byte:g} s")

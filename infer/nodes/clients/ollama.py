@@ -113,7 +113,7 @@ class OllamaClient(RuntimeClient):
                 chunk = parse_line(line)
                 if chunk.finish_reason:
                     last = chunk
-                    await drain(lines)
+                    await drain(response)
                     break
                 if chunk.content:
                     yield chunk

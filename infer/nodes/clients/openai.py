@@ -129,7 +129,7 @@ class OpenAICompatibleClient(RuntimeClient):
                     if text := answer.take(data):
                         yield ChatChunk(content=text)
                     if answer.done:
-                        await drain(lines)
+                        await drain(response)
                         break
                     clock.mark_event()
                 else:

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import cast
+from collections.abc import AsyncGenerator, AsyncIterator
 
-import httpx
-
-from infer.errors import BadInput, UpstreamError, UpstreamTimeout
-from infer.nodes.clients.base import Deadlines, RuntimeClient
+from infer.errors import BadInput, UpstreamError
+from infer.nodes.clients.base import RuntimeClient
 from infer.nodes.clients.clock import StreamClock
 from infer.nodes.clients.payloads import parse_json
+from infer.nodes.transport import Response
 
 MAX_LINE_BYTES = 1 << 20  # one NDJSON line or one SSE event
 MAX_PROBE_BYTES = 4 << 20  # one health-check answer
 ERROR_PEEK_BYTES = 300  # how much of an error body the debug log shows
-BACKSTOP_SECONDS = 5.0  # httpx's own timeouts trail our deadlines by this much
 DRAIN_SECONDS = 0.5  # how long to wait for the end of a body after its last event
 DRAIN_BYTES = 64 << 10
 
@@ -37,52 +35,20 @@ def request_headers(client: RuntimeClient, *, accept: str) -> dict[str, str]:
     return headers
 
 
-@contextlib.contextmanager
-def translated_errors(url: str) -> Iterator[None]:
-    """Turn httpx failures, and the outbound guard's refusal, into UpstreamError."""
+def encode_json(body: dict[str, object]) -> bytes:
+    """A request body as compact JSON; BadInput for NaN or Infinity, which JSON cannot carry."""
     try:
-        yield
-    except BadInput as exc:
-        log.warning("call to %s refused by the outbound policy: %s", url, exc.message)
-        raise UpstreamError("the node's address is not allowed by the platform") from exc
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout("the node did not answer in time") from exc
-    except httpx.ConnectError as exc:
-        raise UpstreamError("cannot connect to the node") from exc
-    except httpx.RemoteProtocolError as exc:
-        raise UpstreamError("the node broke off the connection or the HTTP protocol") from exc
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise UpstreamError("the connection to the node failed") from exc
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as exc:
+        raise BadInput("the request holds a number JSON cannot carry (NaN or Infinity)") from exc
 
 
-def _timeout(deadlines: Deadlines, wait: float) -> httpx.Timeout:
-    """httpx's per-request timeouts: a backstop behind the deadlines enforced with asyncio."""
-    return httpx.Timeout(
-        connect=deadlines.connect,
-        read=wait + BACKSTOP_SECONDS,
-        write=deadlines.idle,
-        pool=deadlines.connect,
-    )
-
-
-def _raw(response: httpx.Response) -> AsyncGenerator[bytes, None]:
-    """The body's bytes as they arrive (a body read already, as a mock's is, in one piece)."""
-    if response.is_stream_consumed:
-        return _ready(response.content)
-    # httpx types aiter_raw as an iterator, but it is a generator we can (and must) close.
-    return cast(AsyncGenerator[bytes, None], response.aiter_raw())
-
-
-async def _ready(body: bytes) -> AsyncGenerator[bytes, None]:
-    yield body
-
-
-async def _check(response: httpx.Response, path: str, *, model: str | None = None) -> None:
+async def _check(response: Response, path: str, *, model: str | None = None) -> None:
     """Raise UpstreamError unless the response is a 2xx with an uncompressed body."""
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if response.is_success and encoding in ("", "identity"):
         return
-    status = response.status_code
+    status = response.status
     if log.isEnabledFor(logging.DEBUG):
         log.debug("node %s answered HTTP %d: %r", response.url, status, await _peek(response))
     if not response.is_success:
@@ -94,12 +60,10 @@ async def _check(response: httpx.Response, path: str, *, model: str | None = Non
     raise UpstreamError("the node sent a compressed answer although none was asked for")
 
 
-async def _peek(response: httpx.Response) -> bytes:
+async def _peek(response: Response) -> bytes:
     """The start of a body, for the debug log; whatever goes wrong reading it is ignored."""
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
-        async with asyncio.timeout(1.0), contextlib.aclosing(_raw(response)) as chunks:
-            async for chunk in chunks:
-                return chunk[:ERROR_PEEK_BYTES]
+    with contextlib.suppress(TimeoutError, UpstreamError):
+        return (await response.read(asyncio.get_running_loop().time() + 1.0))[:ERROR_PEEK_BYTES]
     return b""
 
 
@@ -112,24 +76,20 @@ async def open_stream(
     clock: StreamClock,
     accept: str,
     model: str,
-) -> AsyncIterator[httpx.Response]:
+) -> AsyncIterator[Response]:
     """POST `body` as JSON; yield the response once it is a 2xx. Exiting closes it."""
-    url = client.base_url + path
-    d = client.deadlines
+    headers = request_headers(client, accept=accept)
+    headers["Content-Type"] = "application/json"
     try:
-        request = client.http.build_request(
+        response = await client.http.request(
             "POST",
-            url,
-            json=body,
-            headers=request_headers(client, accept=accept),
-            timeout=_timeout(d, max(d.first_byte, d.idle)),
+            client.base_url + path,
+            headers=headers,
+            body=encode_json(body),
+            until=clock.deadline(),
         )
-    except httpx.InvalidURL as exc:
-        raise UpstreamError("the node's URL is not valid") from exc
-    except ValueError as exc:  # httpx refuses NaN and Infinity, as JSON has no such numbers
-        raise BadInput("the request holds a number JSON cannot carry (NaN or Infinity)") from exc
-    with translated_errors(url):
-        response = await clock.wait(client.http.send(request, stream=True))
+    except TimeoutError as exc:
+        raise clock.expired() from exc
     try:
         await _check(response, path, model=model)
         yield response
@@ -138,48 +98,49 @@ async def open_stream(
 
 
 async def read_lines(
-    response: httpx.Response, clock: StreamClock, *, limit: int = MAX_LINE_BYTES
+    response: Response, clock: StreamClock, *, limit: int = MAX_LINE_BYTES
 ) -> AsyncGenerator[bytes, None]:
     """The body's lines without their line ends; a line longer than `limit` is an error.
 
-    It reads whatever chunks the network delivers (never a whole body) and keeps at most
-    one partial line, so memory stays under `limit` plus one chunk.
+    It takes whatever the network has delivered (never waiting for a whole body) and
+    keeps at most one partial line, so memory stays under `limit` plus one read.
     """
-    url = str(response.url)
-    buffer = bytearray()
-    async with contextlib.aclosing(_raw(response)) as chunks:
-        while True:
-            with translated_errors(url):
-                chunk = await clock.wait(anext(chunks, None))
-            if chunk is None:
-                break
-            scan, start = len(buffer), 0  # the old tail holds no newline: search only the new
-            buffer += chunk
-            while (end := buffer.find(b"\n", scan)) >= 0:
-                if end - start > limit:
-                    raise _too_long(limit)
-                yield bytes(buffer[start:end]).removesuffix(b"\r")
-                start = scan = end + 1
-            del buffer[:start]
-            if len(buffer) > limit:
+    buffer = b""
+    while True:
+        try:
+            chunk = await response.read(clock.deadline())
+        except TimeoutError as exc:
+            raise clock.expired() from exc
+        if not chunk:
+            break
+        clock.check()
+        if buffer:
+            chunk = buffer + chunk
+        lines = chunk.split(b"\n")
+        buffer = lines.pop()
+        for line in lines:
+            if len(line) > limit:
                 raise _too_long(limit)
+            yield line[:-1] if line.endswith(b"\r") else line
+        if len(buffer) > limit:
+            raise _too_long(limit)
     if buffer:
-        yield bytes(buffer).removesuffix(b"\r")
+        yield buffer.removesuffix(b"\r")
 
 
-async def drain(lines: AsyncIterator[bytes]) -> None:
+async def drain(response: Response) -> None:
     """Read the little that follows the last event, so the connection can be reused.
 
     Whatever goes wrong, or a body that goes on, just ends the attempt (the connection is
     then closed instead of reused).
     """
+    until = asyncio.get_running_loop().time() + DRAIN_SECONDS
     read = 0
     with contextlib.suppress(TimeoutError, UpstreamError):
-        async with asyncio.timeout(DRAIN_SECONDS):
-            async for line in lines:
-                read += len(line) + 1
-                if read > DRAIN_BYTES:
-                    return
+        while chunk := await response.read(until):
+            read += len(chunk)
+            if read > DRAIN_BYTES:
+                return
 
 
 def _too_long(limit: int) -> UpstreamError:
@@ -188,29 +149,21 @@ def _too_long(limit: int) -> UpstreamError:
 
 async def fetch_json(client: RuntimeClient, path: str, *, missing_ok: bool = False) -> object:
     """GET a JSON document of at most MAX_PROBE_BYTES; None for a 404 when `missing_ok`."""
-    url = client.base_url + path
-    with translated_errors(url):
-        request = client.http.build_request(
-            "GET",
-            url,
-            headers=request_headers(client, accept="application/json"),
-            timeout=_timeout(client.deadlines, client.deadlines.health),
-        )
-        response = await client.http.send(request, stream=True)
+    response = await client.http.request(
+        "GET", client.base_url + path, headers=request_headers(client, accept="application/json")
+    )
     try:
-        if missing_ok and response.status_code == 404:
+        if missing_ok and response.status == 404:
             return None
         await _check(response, path)
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_PROBE_BYTES:
             raise _too_big()
         body = bytearray()
-        with translated_errors(url):
-            async with contextlib.aclosing(_raw(response)) as chunks:
-                async for chunk in chunks:
-                    body += chunk
-                    if len(body) > MAX_PROBE_BYTES:
-                        raise _too_big()
+        while chunk := await response.read():
+            body += chunk
+            if len(body) > MAX_PROBE_BYTES:
+                raise _too_big()
     finally:
         await response.aclose()
     return parse_json(bytes(body))
