@@ -6,6 +6,7 @@ import asyncio
 import base64
 
 import pytest
+import sqlalchemy as sa
 from conftest import CREATE_KEY, PASSWORD, SIGN_UP, GraphQLClient, http_client, started
 from pydantic import SecretStr
 from sqlmodel import select
@@ -167,6 +168,29 @@ async def test_last_used_is_shown_at_once_and_written_in_a_batch(
     assert await resources.authenticator.flush_last_used() == 1
     async with db.session() as session:
         assert (await session.exec(select(ApiKey))).one().last_used_at is not None
+
+
+async def test_concurrent_requests_with_an_uncached_key_share_one_lookup(
+    resources: Resources, user_key: str
+) -> None:
+    lookups: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "FROM api_keys" in statement:
+            lookups.append(statement)
+
+    authenticator = resources.authenticator
+    authenticator.forget((await authenticator.authenticate(user_key)).api_key_id)  # type: ignore[arg-type]
+    engine = resources.db.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        principals = await asyncio.gather(
+            *(authenticator.authenticate(user_key) for _ in range(20))
+        )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len({p.user_id for p in principals}) == 1
+    assert len(lookups) == 1
 
 
 async def test_key_lifecycle_is_audited_without_secrets(

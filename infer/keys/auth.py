@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 import uuid
@@ -34,7 +35,8 @@ class KeyAuthenticator:
     """Turns a presented key into a principal, keeping the database off the hot path.
 
     Lookups are cached for `cache_seconds`; this process forgets a key at once when it
-    revokes or rotates it. `last_used_at` is collected in memory and flushed in batches.
+    revokes or rotates it. Concurrent requests with a key that is not cached share one
+    lookup. `last_used_at` is collected in memory and flushed in batches.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class KeyAuthenticator:
         self._cache_seconds = cache_seconds
         self._max_entries = max_entries
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[_Entry | None]] = {}
         self._last_used: dict[uuid.UUID, datetime] = {}
 
     async def authenticate(self, presented: str) -> Principal:
@@ -58,7 +61,7 @@ class KeyAuthenticator:
         digest = apikeys.lookup_digest(presented, self._lookup_key)
         entry = self._cache.get(digest)
         if entry is None or time.monotonic() - entry.cached_at > self._cache_seconds:
-            entry = await self._load(digest)
+            entry = await self._load_once(digest)
         if entry is None or not hmac.compare_digest(entry.digest, digest):
             raise Unauthenticated(_INVALID)
         now = utcnow()
@@ -67,6 +70,19 @@ class KeyAuthenticator:
         assert entry.principal.api_key_id is not None
         self._last_used[entry.principal.api_key_id] = now
         return entry.principal
+
+    async def _load_once(self, digest: str) -> _Entry | None:
+        """One lookup per digest at a time, not tied to any one request; others wait for it."""
+        task = self._loading.get(digest)
+        if task is None:
+            task = self._loading[digest] = asyncio.ensure_future(self._load(digest))
+            task.add_done_callback(lambda done: self._loaded(digest, done))
+        return await asyncio.shield(task)
+
+    def _loaded(self, digest: str, task: asyncio.Future[_Entry | None]) -> None:
+        del self._loading[digest]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so nobody waiting is not an error
 
     async def _load(self, digest: str) -> _Entry | None:
         async with self._db.session() as session:
