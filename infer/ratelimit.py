@@ -1,59 +1,297 @@
-"""Rate limiting with `limits`: in-process by default, shared through Redis when configured."""
+"""Rate limiting on sliding window counters: in-process by default, shared through Redis.
+
+The counters follow the `limits` library's sliding window counter (its keys, its Redis Lua
+script and its memory storage's aligned windows), so replicas still on `limits` share counts
+with these; what this adds is counting several limits at once, all or none, in one round trip.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-from limits import parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits import RateLimitItem, parse
+from redis.asyncio import Redis
 
 from infer.config import Settings
 from infer.errors import RateLimited
 
+# The longest a limiter call may wait on Redis, connecting included. redis-py would bound
+# each command with its socket_timeout, but it sends through asyncio.wait_for (one more Task
+# per command on Python 3.11); one asyncio.timeout around the whole call schedules a timer
+# only, and redis-py drops a connection whose command was cancelled, so none is reused dirty.
+REDIS_TIMEOUT = 2.0
+_SWEEP_SECONDS = 60.0
+
+# `limits`' acquire_sliding_window.lua for several limits, counting all or none; times in ms.
+# KEYS: per limit, its previous window then its current one (`limits`' layout).
+# ARGV[1]: '1' to count, '0' only to look; then per limit: amount allowed, window (s), cost.
+# Returns the position (from 1) of the first limit the cost would take over, 0 for none, then
+# per limit its previous count and TTL and its current count and TTL, after any counting.
+_COUNT_SCRIPT = """
+local n = #KEYS / 2
+local reply = {0}
+for i = 1, n do
+    local previous, current = KEYS[2 * i - 1], KEYS[2 * i]
+    local allowed = tonumber(ARGV[3 * i - 1])
+    local expiry = tonumber(ARGV[3 * i]) * 1000
+    local cost = tonumber(ARGV[3 * i + 1])
+    local current_ttl = redis.call('pttl', current)
+    if current_ttl > 0 and current_ttl < expiry then
+        -- the current window is over: it becomes the previous one
+        redis.call('rename', current, previous)
+        redis.call('set', current, 0, 'PX', current_ttl + expiry)
+    end
+    local previous_count = tonumber(redis.call('get', previous)) or 0
+    local previous_ttl = math.max(0, redis.call('pttl', previous))
+    local current_count = tonumber(redis.call('get', current)) or 0
+    current_ttl = math.max(0, redis.call('pttl', current))
+    local weighted = math.floor(previous_count * previous_ttl / expiry) + current_count
+    if reply[1] == 0 and (cost > allowed or weighted + cost > allowed) then
+        reply[1] = i
+    end
+    table.insert(reply, previous_count)
+    table.insert(reply, previous_ttl)
+    table.insert(reply, current_count)
+    table.insert(reply, current_ttl)
+end
+if ARGV[1] == '1' and reply[1] == 0 then
+    for i = 1, n do
+        local current, at = KEYS[2 * i], 4 * i
+        local cost = tonumber(ARGV[3 * i + 1])
+        if redis.call('exists', current) == 1 then
+            redis.call('incrby', current, cost)
+        else
+            redis.call('set', current, cost, 'PX', tonumber(ARGV[3 * i]) * 2000)
+            reply[at + 1] = tonumber(ARGV[3 * i]) * 2000
+        end
+        reply[at] = reply[at] + cost
+    end
+end
+return reply
+"""
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(text: str) -> RateLimitItem:
+    return parse(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most `amount` per `seconds`, counted under `key` (the key `limits` gives it)."""
+
+    amount: int
+    seconds: int
+    key: str
+
+    @classmethod
+    def parse(cls, text: str, *identifiers: str) -> Limit:
+        """A limit written as `limits` reads it ("10/5 minutes"), for these identifiers."""
+        item = _parse(text)
+        return cls(item.amount, item.get_expiry(), item.key_for(*identifiers))
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One limit's count as last seen: what is left, and in how long the count next drops."""
+
+    limit: Limit
+    remaining: int
+    reset_in: float
+
+    @classmethod
+    def weigh(
+        cls, limit: Limit, previous: int, previous_ttl: float, current: int, current_ttl: float
+    ) -> Window:
+        """The window from its two counts and their TTLs in seconds, as `limits` weighs them."""
+        weighted = previous * previous_ttl / limit.seconds + current
+        previous_reset = previous_ttl % (limit.seconds / previous) if previous else math.inf
+        current_reset = current_ttl % limit.seconds if current else math.inf
+        reset_in = min(previous_reset, current_reset)
+        return cls(
+            limit,
+            max(0, limit.amount - math.floor(weighted)),
+            0.0 if reset_in == math.inf else reset_in,
+        )
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_in))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The windows of the limits asked about, and the first one the costs would take over."""
+
+    windows: tuple[Window, ...]
+    refused: Window | None
+
+
+class Counters(Protocol):
+    async def count(self, costs: Sequence[tuple[Limit, int]], *, commit: bool) -> Verdict:
+        """Check every cost against its limit; when all fit and `commit`, count them all."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class RedisCounters:
+    """Counters in Redis, shared by every replica; one EVALSHA per call."""
+
+    def __init__(self, redis: Redis, *, prefix: str, timeout: float = REDIS_TIMEOUT) -> None:
+        self._redis = redis
+        self._script = redis.register_script(_COUNT_SCRIPT)
+        self._prefix = prefix
+        self._timeout = timeout
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str) -> RedisCounters:
+        return cls(Redis.from_url(url, socket_timeout=None), prefix=prefix)
+
+    async def count(self, costs: Sequence[tuple[Limit, int]], *, commit: bool) -> Verdict:
+        keys: list[str] = []
+        args: list[int] = [int(commit)]
+        for limit, cost in costs:
+            # Both windows of a limit share a hash tag, as in `limits`; the limits of one call
+            # do not, so this needs a single Redis (a cluster would refuse with CROSSSLOT).
+            current = f"{self._prefix}:{{{limit.key}}}"
+            keys += (f"{current}/-1", current)
+            args += (limit.amount, limit.seconds, cost)
+        async with asyncio.timeout(self._timeout):
+            reply: list[int] = await self._script(keys=keys, args=args)
+        windows = tuple(
+            Window.weigh(limit, *_seconds(reply[1 + 4 * i : 5 + 4 * i]))
+            for i, (limit, _) in enumerate(costs)
+        )
+        return Verdict(windows, windows[reply[0] - 1] if reply[0] else None)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _seconds(counts: list[int]) -> tuple[int, float, int, float]:
+    previous, previous_ttl, current, current_ttl = counts
+    return previous, previous_ttl / 1000, current, current_ttl / 1000
+
+
+@dataclass(slots=True)
+class _Counts:
+    seconds: int
+    window: int  # which aligned window `current` counts: time.time() // seconds
+    current: int
+    previous: int
+
+
+class MemoryCounters:
+    """Counters in this process, on windows aligned to the clock like `limits`' memory storage.
+
+    Nothing in `count` awaits, so under asyncio its checks and increments are atomic.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, _Counts] = {}
+        self._next_sweep = time.time() + _SWEEP_SECONDS
+
+    async def count(self, costs: Sequence[tuple[Limit, int]], *, commit: bool) -> Verdict:
+        now = time.time()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        seen = [self._read(limit, now) for limit, _ in costs]
+        refused = None
+        for i, ((limit, cost), counts) in enumerate(zip(costs, seen, strict=True)):
+            if cost > limit.amount or _weighted(counts, now) + cost > limit.amount:
+                refused = i
+                break
+        if commit and refused is None:
+            for (limit, cost), counts in zip(costs, seen, strict=True):
+                counts.current += cost
+                self._counts[limit.key] = counts
+        windows = tuple(
+            _window(limit, counts, now) for (limit, _), counts in zip(costs, seen, strict=True)
+        )
+        return Verdict(windows, None if refused is None else windows[refused])
+
+    def _read(self, limit: Limit, now: float) -> _Counts:
+        """A copy of the counts under `limit.key`, moved on to the window `now` is in."""
+        window = int(now // limit.seconds)
+        counts = self._counts.get(limit.key)
+        if counts is None or counts.window < window - 1:
+            return _Counts(limit.seconds, window, 0, 0)
+        if counts.window == window - 1:
+            return _Counts(limit.seconds, window, 0, counts.current)
+        return _Counts(limit.seconds, window, counts.current, counts.previous)
+
+    def _sweep(self, now: float) -> None:
+        """Forget counts that no longer weigh (idle for two windows), so memory stays bounded."""
+        self._next_sweep = now + _SWEEP_SECONDS
+        for key, counts in list(self._counts.items()):
+            if counts.window < int(now // counts.seconds) - 1:
+                del self._counts[key]
+
+    async def close(self) -> None:
+        pass
+
+
+def _left(counts: _Counts, now: float) -> float:
+    """Seconds until the current aligned window ends (the previous one's weight reaches 0)."""
+    return counts.seconds - now % counts.seconds
+
+
+def _weighted(counts: _Counts, now: float) -> int:
+    return math.floor(counts.previous * _left(counts, now) / counts.seconds) + counts.current
+
+
+def _window(limit: Limit, counts: _Counts, now: float) -> Window:
+    left = _left(counts, now)
+    return Window.weigh(
+        limit,
+        counts.previous,
+        left if counts.previous else 0.0,
+        counts.current,
+        left + limit.seconds,
+    )
+
 
 class RateLimiter:
-    """Named limits ("10/5 minutes") checked against one storage for the whole process."""
+    """Named limits ("10/5 minutes") counted in one set of counters for the whole platform."""
 
-    def __init__(self, storage: Storage) -> None:
-        # A sliding window counter costs O(1) per hit whatever the cost (tokens), unlike a
-        # moving window that stores one timestamp per unit.
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
         if settings.redis_url:
-            storage: Storage = RedisStorage(
-                "async+" + settings.redis_url,
-                implementation="redispy",
-                key_prefix=settings.redis_prefix,
-            )
-            return cls(storage)
-        return cls(MemoryStorage())
+            return cls(RedisCounters.from_url(settings.redis_url, prefix=settings.redis_prefix))
+        return cls(MemoryCounters())
+
+    async def acquire(self, *costs: tuple[Limit, int]) -> Verdict:
+        """Count each cost against its limit if all of them fit, else none; one round trip.
+
+        The windows are as they stand after counting (or, when refused, unchanged).
+        """
+        return await self._counters.count(costs, commit=True)
 
     async def retry_after(self, limit: str, *identifiers: str) -> int | None:
         """Seconds to wait if `limit` is used up for these identifiers, else None."""
-        item = parse(limit)
-        if await self._limiter.test(item, *identifiers):
-            return None
-        stats = await self._limiter.get_window_stats(item, *identifiers)
-        return max(1, math.ceil(stats.reset_time - time.time()))
+        verdict = await self._counters.count([(Limit.parse(limit, *identifiers), 1)], commit=False)
+        return None if verdict.refused is None else verdict.refused.retry_after
 
     async def hit(self, limit: str, *identifiers: str, cost: int = 1) -> bool:
         """Count `cost` against the limit; False when it would go over."""
-        return await self._limiter.hit(parse(limit), *identifiers, cost=cost)
+        verdict = await self.acquire((Limit.parse(limit, *identifiers), cost))
+        return verdict.refused is None
 
     async def check(self, limit: str, *identifiers: str, message: str) -> None:
         """Count one request; raise RateLimited (with Retry-After) when over the limit."""
-        if not await self.hit(limit, *identifiers):
-            wait = await self.retry_after(limit, *identifiers)
-            raise RateLimited(message, retry_after=wait or 1)
+        verdict = await self.acquire((Limit.parse(limit, *identifiers), 1))
+        if verdict.refused is not None:
+            raise RateLimited(message, retry_after=verdict.refused.retry_after)
 
-    async def remaining(self, *checks: tuple[str, str, str]) -> list[int]:
-        """What is left of each (limit, scope, identifier) in its current window."""
-        left = []
-        for limit, *identifiers in checks:
-            stats = await self._limiter.get_window_stats(parse(limit), *identifiers)
-            left.append(int(stats.remaining))
-        return left
+    async def close(self) -> None:
+        await self._counters.close()
