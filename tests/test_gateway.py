@@ -86,7 +86,18 @@ class Market:
         if self._async is not None:
             await self._async.close()
 
+    async def settled(self) -> None:
+        """Any GraphQL request waits for the platform's own settlements (read your writes).
+
+        Once the platform has stopped, its shutdown has written them.
+        """
+        if self.http.is_closed:
+            return
+        response = await self.http.post("/graphql", json={"query": "{ __typename }"})
+        assert response.status_code == 200
+
     async def balance(self, email: str) -> int:
+        await self.settled()
         async with self.db.session() as session:
             from infer.models import User
 
@@ -95,10 +106,12 @@ class Market:
             return account.balance
 
     async def usage(self) -> list[UsageRecord]:
+        await self.settled()
         async with self.db.session() as session:
             return list((await session.exec(select(UsageRecord))).all())
 
     async def assert_books_balance(self) -> None:
+        await self.settled()
         async with self.db.session() as session:
             report = await ledger.check_books(session)
             total = sum((await session.exec(select(LedgerAccount.balance))).all())

@@ -28,12 +28,22 @@ class GroupCommit(Generic[J, R]):
         self._worker: asyncio.Task[None] | None = None
 
     async def submit(self, job: J) -> R:
+        """Queue the job and wait for its result."""
+        # The job is committed (or not) whatever happens to the caller meanwhile.
+        return await asyncio.shield(self.enqueue(job))
+
+    def enqueue(self, job: J) -> asyncio.Future[R]:
+        """Queue the job without waiting; the future holds its result or its error."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((job, future))
         if self._worker is None:
             self._worker = asyncio.create_task(self._drain())
-        # The job is committed (or not) whatever happens to the caller meanwhile.
-        return await asyncio.shield(future)
+        return future
+
+    @property
+    def pending(self) -> bool:
+        """Jobs are queued or running."""
+        return self._worker is not None
 
     async def _drain(self) -> None:
         try:
@@ -54,7 +64,7 @@ class GroupCommit(Generic[J, R]):
         finally:
             self._worker = None
 
-    async def close(self) -> None:
-        """Wait for the jobs already submitted."""
+    async def drained(self) -> None:
+        """Wait for the jobs already submitted (and any submitted meanwhile)."""
         while self._worker is not None:
             await asyncio.shield(self._worker)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -83,8 +84,17 @@ class Completions:
 
     async def close(self) -> None:
         """Let the holds and settlements already submitted reach the database."""
-        await self.holds.close()
-        await self.settlements.close()
+        await self.holds.drained()
+        await self.settlements.drained()
+
+    async def settled(self) -> None:
+        """Wait until every completion this process finished is in the books.
+
+        Settlements are written after the answer is sent; a reader who wants to see
+        its own completions (a balance, usage) waits here first, usually not at all.
+        """
+        if self.settlements.pending:
+            await self.settlements.drained()
 
     async def start(
         self,
@@ -153,7 +163,10 @@ class Completions:
 
 
 class Completion:
-    """A running completion: its chunks, then `finish()` to meter and settle exactly once."""
+    """A running completion: its chunks, then `finish()` to meter and settle exactly once.
+
+    `finish()` returns the final usage at once; the settlement is written right after.
+    """
 
     def __init__(
         self,
@@ -304,18 +317,23 @@ class Completion:
             ttft_ms=self._ttft_ms,
             tokens_per_second=metered.completion_tokens / generation_s if complete else None,
         )
-        try:
-            await self.owner.settlements.submit(
-                batches.Settlement(
-                    hold_id=self.hold_id,
-                    buyer_account_id=self.account_id,
-                    operator_account_id=await self.owner.accounts.of(candidate.operator_id),
-                    usage=usage,
-                )
+        # Written after the answer goes out (the caller does not wait): the figures are
+        # final now, and if the process dies first, the hold expires.
+        written = self.owner.settlements.enqueue(
+            batches.Settlement(
+                hold_id=self.hold_id,
+                buyer_account_id=self.account_id,
+                operator_account_id=await self.owner.accounts.of(candidate.operator_id),
+                usage=usage,
             )
-        except Exception:  # the answer was delivered; the hold expires and we alert
-            log.exception("could not settle request %s", self.request_id)
+        )
+        written.add_done_callback(self._check_settled)
         return usage
+
+    def _check_settled(self, written: asyncio.Future[None]) -> None:
+        if not written.cancelled() and written.exception() is not None:
+            # The answer was delivered; the hold expires, and this is the alert.
+            log.error("could not settle request %s", self.request_id, exc_info=written.exception())
 
 
 async def _close(stream: AsyncIterator[ChatChunk]) -> None:

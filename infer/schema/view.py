@@ -88,6 +88,8 @@ class GraphQLView(GraphQL[Context, None]):
         assert isinstance(request, Request)
         assert isinstance(response, Response)
         resources: Resources = request.state.resources
+        # Read your own completions: balances and usage include what this process answered.
+        await resources.completions.settled()
         return Context(
             request=request,
             response=response,
