@@ -147,4 +147,5 @@ class Resources:
             await self.http.aclose()
             await self.router.state.close()
             await self.key_changes.close()
+            await self.limiter.close()
             await self.db.dispose()
