@@ -1,4 +1,4 @@
-"""The guarded transport against a real HTTP server on loopback."""
+"""The outbound guard in NodeHTTP, against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from infer.errors import BadInput
-from infer.security.outbound import AddressPolicy, guarded_transport
+from infer.errors import UpstreamError
+from infer.nodes.clients.base import Deadlines
+from infer.nodes.http import create_http_client
+from infer.nodes.transport import NodeHTTP, Response
+from infer.security.outbound import AddressPolicy
 
 
 @dataclass
@@ -90,9 +92,18 @@ def localhost_cert(tmp_path: Path) -> Path:
     return path
 
 
-def guarded_client(*, allow_private: bool, follow: bool = False) -> httpx.AsyncClient:
-    transport = guarded_transport(AddressPolicy(allow_private=allow_private))
-    return httpx.AsyncClient(transport=transport, follow_redirects=follow, timeout=5)
+def guarded_client(*, allow_private: bool) -> NodeHTTP:
+    return create_http_client(allow_private=allow_private, deadlines=Deadlines(connect=5))
+
+
+async def get(client: NodeHTTP, url: str) -> tuple[Response, bytes]:
+    """GET `url`; the response and its whole body."""
+    until = asyncio.get_running_loop().time() + 5
+    async with await client.request("GET", url, until=until) as response:
+        body = b""
+        while chunk := await response.read(until):
+            body += chunk
+    return response, body
 
 
 def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[list[str]]]) -> list[str]:
@@ -113,43 +124,46 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[list[str]]
 
 async def test_strict_client_refuses_loopback_before_connecting(server: LoopbackServer) -> None:
     async with guarded_client(allow_private=False) as client:
-        with pytest.raises(BadInput, match="loopback"):
-            await client.get(f"http://127.0.0.1:{server.port}/")
+        with pytest.raises(UpstreamError, match="not allowed") as caught:
+            await get(client, f"http://127.0.0.1:{server.port}/")
+    assert "127.0.0.1, a loopback address" in str(caught.value.__cause__)
     assert server.connections == 0
 
 
 async def test_strict_client_refuses_name_resolving_to_loopback(server: LoopbackServer) -> None:
     async with guarded_client(allow_private=False) as client:
-        with pytest.raises(BadInput, match="localhost resolves to"):
-            await client.get(f"http://localhost:{server.port}/")
+        with pytest.raises(UpstreamError, match="not allowed") as caught:
+            await get(client, f"http://localhost:{server.port}/")
+    assert "localhost resolves to" in str(caught.value.__cause__)
     assert server.connections == 0
+
+
+async def test_metadata_address_is_refused_even_with_allow_private() -> None:
+    async with guarded_client(allow_private=True) as client:
+        with pytest.raises(UpstreamError, match="not allowed") as caught:
+            await get(client, "http://169.254.169.254/latest/meta-data")
+    assert "a cloud metadata address" in str(caught.value.__cause__)
 
 
 async def test_allow_private_client_reaches_loopback(server: LoopbackServer) -> None:
     async with guarded_client(allow_private=True) as client:
-        response = await client.get(f"http://127.0.0.1:{server.port}/")
-    assert response.status_code == 200
-    assert response.text == "ok"
+        response, body = await get(client, f"http://127.0.0.1:{server.port}/")
+    assert response.status == 200
+    assert body == b"ok"
 
 
 async def test_host_header_keeps_the_hostname(server: LoopbackServer) -> None:
     async with guarded_client(allow_private=True) as client:
-        response = await client.get(f"http://localhost:{server.port}/")
-    assert response.status_code == 200
+        response, _ = await get(client, f"http://localhost:{server.port}/")
+    assert response.status == 200
     assert server.host_header() == f"localhost:{server.port}"
 
 
 async def test_redirect_is_returned_not_followed(server: LoopbackServer) -> None:
     async with guarded_client(allow_private=True) as client:
-        response = await client.get(f"http://127.0.0.1:{server.port}/redirect")
-    assert response.status_code == 302
-    assert len(server.requests) == 1
-
-
-async def test_followed_redirect_to_metadata_is_refused(server: LoopbackServer) -> None:
-    async with guarded_client(allow_private=True, follow=True) as client:
-        with pytest.raises(BadInput, match=r"169\.254\.169\.254, a cloud metadata address"):
-            await client.get(f"http://127.0.0.1:{server.port}/redirect")
+        response, _ = await get(client, f"http://127.0.0.1:{server.port}/redirect")
+    assert response.status == 302
+    assert response.is_redirect
     assert len(server.requests) == 1
 
 
@@ -158,8 +172,9 @@ async def test_every_resolved_address_is_checked(
 ) -> None:
     fake_dns(monkeypatch, {"mixed.test": [["93.184.215.14", "127.0.0.1"]]})
     async with guarded_client(allow_private=False) as client:
-        with pytest.raises(BadInput, match=r"mixed\.test resolves to 127\.0\.0\.1"):
-            await client.get(f"http://mixed.test:{server.port}/")
+        with pytest.raises(UpstreamError, match="not allowed") as caught:
+            await get(client, f"http://mixed.test:{server.port}/")
+    assert "mixed.test resolves to 127.0.0.1" in str(caught.value.__cause__)
     assert server.connections == 0
 
 
@@ -169,17 +184,17 @@ async def test_connection_goes_to_the_address_that_was_checked(
     # A rebinding resolver: the first answer is the server, any later one a dead address.
     asked = fake_dns(monkeypatch, {"rebind.test": [["127.0.0.1"], ["127.0.0.2"]]})
     async with guarded_client(allow_private=True) as client:
-        response = await client.get(f"http://rebind.test:{server.port}/")
-    assert response.status_code == 200
+        response, _ = await get(client, f"http://rebind.test:{server.port}/")
+    assert response.status == 200
     assert asked == ["rebind.test"]
     assert server.host_header() == f"rebind.test:{server.port}"
 
 
-async def test_unresolvable_host_is_a_connect_error(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_unresolvable_host_is_an_upstream_error(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_dns(monkeypatch, {"empty.test": [[]]})
     async with guarded_client(allow_private=True) as client:
-        with pytest.raises(httpx.ConnectError):
-            await client.get("http://empty.test:1/")
+        with pytest.raises(UpstreamError, match="cannot connect"):
+            await get(client, "http://empty.test:1/")
 
 
 async def test_tls_uses_the_hostname_for_sni_and_verification(localhost_cert: Path) -> None:
@@ -193,18 +208,17 @@ async def test_tls_uses_the_hostname_for_sni_and_verification(localhost_cert: Pa
     server_tls.sni_callback = remember_sni
     listener = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=server_tls)
     port = listener.sockets[0].getsockname()[1]
-    transport = guarded_transport(
-        AddressPolicy(allow_private=True), verify=ssl.create_default_context(cafile=localhost_cert)
+    client = NodeHTTP(
+        policy=AddressPolicy(allow_private=True),
+        connect_timeout=5,
+        user_agent="test",
+        ssl_context=ssl.create_default_context(cafile=localhost_cert),
     )
-    async with listener, httpx.AsyncClient(transport=transport, timeout=5) as client:
-        response = await client.get(f"https://localhost:{port}/")
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            await client.get(f"https://127.0.0.1:{port}/")  # the cert does not name the IP
-    assert response.status_code == 200
+    async with listener, client:
+        response, body = await get(client, f"https://localhost:{port}/")
+        with pytest.raises(UpstreamError, match="TLS handshake") as caught:
+            await get(client, f"https://127.0.0.1:{port}/")  # the cert does not name the IP
+    assert (response.status, body) == (200, b"ok")
     assert server_names[0] == "localhost"
     assert state.host_header() == f"localhost:{port}"
-
-
-def test_guarded_transport_rejects_a_proxy() -> None:
-    with pytest.raises(ValueError, match="proxy"):
-        guarded_transport(AddressPolicy(), proxy="http://127.0.0.1:3128")
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value.__cause__)

@@ -137,6 +137,9 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.complete:  # the same, when they came with the end of the answer
+                self.close()
+                return
             log.debug("unparseable answer from %s: %s", self.origin[1], exc)
             self._fail(UpstreamError("the node broke off the connection or the HTTP protocol"))
             self.close()
@@ -148,8 +151,9 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if not self.lost.done():
             self.lost.set_result(None)
-        if self.head_done and self.until_eof and not self.complete:
-            self.complete = True  # a body without length or chunks ends with the connection
+        if self.head_done and self.until_eof and not self.complete and exc is None:
+            # A body without length or chunks ends with the connection (a reset cuts it short).
+            self.complete = True
             self._wake()
         elif not self.complete:
             self._fail(UpstreamError("the node broke off the connection or the HTTP protocol"))
@@ -161,6 +165,10 @@ class _Connection(asyncio.Protocol):
         pass
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request is not part of the first
+            raise ValueError("bytes after the end of the answer")  # stops the parser
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
@@ -313,6 +321,7 @@ class NodeHTTP:
         connect_timeout: float,
         user_agent: str,
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.policy = policy
         self.connect_timeout = connect_timeout
@@ -320,7 +329,7 @@ class NodeHTTP:
         self._user_agent = user_agent
         self._idle: dict[tuple[str, str, int], collections.deque[_Connection]] = {}
         self._busy: set[_Connection] = set()
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # None: certifi's CAs, loaded at the first https node
 
     async def request(
         self,

@@ -1,18 +1,13 @@
-"""Outbound URL guard: which node URLs the platform may call, and a transport enforcing it."""
+"""Outbound URL guard: which node URLs and IP addresses the platform may call."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import socket
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Any
 from urllib.parse import urlsplit
-
-import httpcore
-import httpx
 
 from infer.errors import BadInput
 
@@ -216,61 +211,3 @@ async def check_endpoint(url: str, policy: AddressPolicy) -> Endpoint:
         raise BadInput(f"endpoint host {endpoint.host} does not resolve", param="endpoint") from exc
     vet_addresses(endpoint.host, addresses, policy)
     return replace(endpoint, addresses=addresses)
-
-
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves once per connection, vets every address, then connects to a vetted IP."""
-
-    def __init__(self, policy: AddressPolicy) -> None:
-        self._policy = policy
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore sets this signature)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        # Connecting to the IP we checked (not the name) leaves no room for DNS rebinding;
-        # httpcore still sends the original Host header and does TLS against the hostname.
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await resolve(host, port)
-                vet_addresses(host, addresses, self._policy)
-                error = httpcore.ConnectError(f"cannot connect to {host}")
-                for ip in addresses:
-                    try:
-                        return await self._inner.connect_tcp(
-                            str(ip),
-                            port,
-                            local_address=local_address,
-                            socket_options=socket_options,
-                        )
-                    except httpcore.ConnectError as exc:
-                        error = exc
-                raise error
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"connecting to {host} timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def guarded_transport(policy: AddressPolicy, **transport_kwargs: Any) -> httpx.AsyncBaseTransport:
-    """An httpx transport that connects only to addresses `policy` admits (BadInput otherwise).
-
-    Takes httpx.AsyncHTTPTransport's keyword arguments except `proxy` and `uds`, which would
-    let the connection go somewhere other than the vetted address.
-    """
-    for name in ("proxy", "uds"):
-        if transport_kwargs.get(name) is not None:
-            raise ValueError(f"guarded_transport does not support {name}=")
-    transport = httpx.AsyncHTTPTransport(**transport_kwargs)
-    # httpx has no public way to choose httpcore's network backend; the pool hands this one
-    # to every connection it opens.
-    transport._pool._network_backend = _GuardedBackend(policy)
-    return transport

@@ -1,12 +1,16 @@
-"""Pure parsing and request building of the runtime clients; httpx.MockTransport for the wire."""
+"""Pure parsing and request building of the runtime clients; raw HTTP/1.1 for the wire."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import re
+import socket
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-import httpx
 import pytest
 
 from infer.errors import BadInput, UpstreamError, UpstreamTimeout
@@ -20,9 +24,18 @@ from infer.nodes.clients import (
     ollama,
     openai,
 )
-from infer.nodes.clients.base import ChatChunk, ChatMessage, ChatRequest, Usage
+from infer.nodes.clients.base import (
+    ChatChunk,
+    ChatMessage,
+    ChatRequest,
+    Deadlines,
+    RuntimeClient,
+    Usage,
+)
 from infer.nodes.clients.sse import EventDecoder
 from infer.nodes.clients.wire import MAX_LINE_BYTES, MAX_PROBE_BYTES
+from infer.nodes.http import create_http_client
+from infer.nodes.transport import NodeHTTP
 
 URL = "http://node.test:11434"
 
@@ -219,37 +232,125 @@ def test_sse_decoder_caps_an_event() -> None:
         decoder.feed(b"data: 67890")
 
 
-# --- The wire, through httpx.MockTransport --------------------------------------------------
+# --- The wire: raw HTTP/1.1 from a loopback server ------------------------------------------
+
+DEADLINES = Deadlines(connect=2, first_byte=5, idle=5, total=10, health=5)
+SHORT = Deadlines(connect=2, first_byte=0.3, idle=0.3, total=5, health=0.3)
+Framing = Literal["length", "chunked", "close"]
 
 
-Handler = Callable[[httpx.Request], Any]
-Mock = Callable[..., Any]
+@dataclass
+class RawNode:
+    """A loopback server answering every request with `answer`, written `piece` bytes at a time.
+
+    After each answer it waits for the next request on the connection, unless `close` is set:
+    then it closes the connection (with a TCP reset if `reset` is set too).
+    """
+
+    answer: bytes
+    piece: int = 1 << 16
+    close: bool = False
+    reset: bool = False
+    port: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    handlers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.append(task)
+        try:
+            while request := await read_request(reader):
+                self.requests.append(request)
+                for start in range(0, len(self.answer), self.piece):
+                    writer.write(self.answer[start : start + self.piece])
+                    await writer.drain()
+                    await asyncio.sleep(0)  # let the client see each piece on its own
+                if self.close:
+                    break
+        except ConnectionError:
+            pass  # the client went away mid-answer
+        finally:
+            if self.reset:
+                linger = struct.pack("ii", 1, 0)
+                writer.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, linger
+                )
+            writer.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request, head and body; b"" once the client has closed the connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return b""
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return head + (await reader.readexactly(int(length[1])) if length else b"")
+
+
+def request_headers(request: bytes) -> dict[str, str]:
+    lines = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return {name.lower(): value.strip() for name, value in (x.split(":", 1) for x in lines)}
+
+
+def reply(body: bytes, *, framing: Framing = "length", status: str = "200 OK") -> bytes:
+    """A raw answer carrying `body`, framed by its length, by chunks, or by the close."""
+    head = f"HTTP/1.1 {status}\r\n".encode()
+    if framing == "length":
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    if framing == "close":
+        return head + b"Connection: close\r\n\r\n" + body
+    pieces = (body[start : start + 100] for start in range(0, len(body), 100))
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+    return head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+
+@dataclass
+class Wire:
+    """The loopback nodes of one test and the platform's HTTP client that reaches them."""
+
+    http: NodeHTTP
+    nodes: list[tuple[asyncio.Server, RawNode]] = field(default_factory=list)
+
+    async def serve(self, answer: bytes, **behaviour: Any) -> RawNode:
+        node = RawNode(answer, **behaviour)
+        server = await asyncio.start_server(node.handle, "127.0.0.1", 0)
+        node.port = server.sockets[0].getsockname()[1]
+        self.nodes.append((server, node))
+        return node
+
+    def client(
+        self,
+        url: str,
+        client_class: type[RuntimeClient] = OpenAICompatibleClient,
+        *,
+        token: str | None = None,
+        deadlines: Deadlines = DEADLINES,
+    ) -> RuntimeClient:
+        return client_class(self.http, base_url=url, token=token, deadlines=deadlines)
 
 
 @pytest.fixture
-async def mocked() -> AsyncIterator[Mock]:
-    """Build a client whose HTTP goes to a handler; every one is closed afterwards."""
-    opened: list[httpx.AsyncClient] = []
-
-    def build(handler: Handler, client_class: Any = OpenAICompatibleClient, **kw: Any) -> Any:
-        opened.append(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
-        return client_class(opened[-1], base_url=URL, **kw)
-
-    yield build
-    for http in opened:
-        await http.aclose()
+async def wire() -> AsyncIterator[Wire]:
+    async with create_http_client(allow_private=True, deadlines=DEADLINES) as http:
+        wire = Wire(http)
+        yield wire
+    for server, node in wire.nodes:
+        server.close()
+        for task in node.handlers:  # each ends when the client closes its connection
+            await asyncio.wait_for(task, timeout=2)
 
 
-async def pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
-    for start in range(0, len(body), size):
-        yield body[start : start + size]
-
-
-async def drain(client: Any) -> list[ChatChunk]:
+async def drain(client: RuntimeClient) -> list[ChatChunk]:
     return await drain_request(client, ask())
 
 
-async def drain_request(client: Any, request: ChatRequest) -> list[ChatChunk]:
+async def drain_request(client: RuntimeClient, request: ChatRequest) -> list[ChatChunk]:
     return [chunk async for chunk in client.stream_chat(request)]
 
 
@@ -262,83 +363,115 @@ SSE_BODY = (
 )
 
 
-@pytest.mark.parametrize("size", [1, 7, 64, len(SSE_BODY)])
-async def test_stream_survives_any_chunking_and_crlf(mocked: Mock, size: int) -> None:
-    client = mocked(lambda request: httpx.Response(200, content=pieces(SSE_BODY, size)))
-    chunks = await drain(client)
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 16])
+async def test_stream_survives_any_chunking_and_crlf(
+    wire: Wire, size: int, framing: Framing
+) -> None:
+    node = await wire.serve(reply(SSE_BODY, framing=framing), piece=size, close=framing == "close")
+    chunks = await drain(wire.client(node.url))
     assert "".join(c.content for c in chunks) == "Hello\n"
     assert chunks[-1] == ChatChunk(finish_reason="stop", usage=Usage(2, 3))
 
 
-async def test_stream_of_old_exo_ends_without_done(mocked: Mock) -> None:
-    body = SSE_BODY.removesuffix(b"data: [DONE]\n\n")
-    chunks = await drain(mocked(lambda request: httpx.Response(200, content=body), ExoClient))
+async def test_stream_of_old_exo_ends_without_done(wire: Wire) -> None:
+    node = await wire.serve(reply(SSE_BODY.removesuffix(b"data: [DONE]\n\n")))
+    chunks = await drain(wire.client(node.url, ExoClient))
     assert chunks[-1].finish_reason == "stop"
 
 
-async def test_a_line_over_the_cap_is_refused(mocked: Mock) -> None:
-    body = b"data: " + b"x" * MAX_LINE_BYTES + b"\n\n"
-    client = mocked(lambda request: httpx.Response(200, content=pieces(body, 65536)))
+async def test_a_line_over_the_cap_is_refused(wire: Wire) -> None:
+    node = await wire.serve(reply(b"data: " + b"x" * MAX_LINE_BYTES + b"\n\n"), piece=65536)
     with pytest.raises(UpstreamError, match="longer than"):
-        await drain(client)
+        await drain(wire.client(node.url))
 
 
-async def test_a_declared_oversized_probe_body_is_refused_unread(mocked: Mock) -> None:
-    headers = {"content-length": str(MAX_PROBE_BYTES + 1)}
-    client = mocked(lambda request: httpx.Response(200, headers=headers, content=b"{}"))
+async def test_a_declared_oversized_probe_body_is_refused_unread(wire: Wire) -> None:
+    # Only the head and two bytes come: reading on would wait for the health deadline.
+    node = await wire.serve(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n{}" % (MAX_PROBE_BYTES + 1)
+    )
     with pytest.raises(UpstreamError, match="larger than 4 MiB"):
-        await client.probe()
+        await wire.client(node.url).probe()
 
 
-def raising(exc: Exception) -> Handler:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exc
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    return handler
+
+CUT_SHORT = b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial'
+BROKEN_NODES: dict[str, dict[str, Any]] = {
+    "silent": {"answer": b""},
+    "closes mid-body": {"answer": CUT_SHORT, "close": True},
+    "resets mid-body": {"answer": CUT_SHORT, "close": True, "reset": True},
+    "garbage status line": {"answer": b"HTTP/1.1 two hundred OK\r\n\r\n"},
+}
 
 
 @pytest.mark.parametrize(
-    ("exc", "expected", "message"),
+    ("node", "expected", "probe_message", "stream_message"),
     [
-        (httpx.ConnectError("refused"), UpstreamError, "cannot connect"),
-        (httpx.ConnectTimeout("slow"), UpstreamTimeout, "in time"),
-        (httpx.ReadTimeout("slow"), UpstreamTimeout, "in time"),
-        (httpx.ReadError("reset"), UpstreamError, "connection to the node failed"),
-        (httpx.RemoteProtocolError("bad"), UpstreamError, "broke off"),
-        (BadInput("endpoint address 127.0.0.1, a loopback address"), UpstreamError, "not allowed"),
+        ("closed port", UpstreamError, "cannot connect", "cannot connect"),
+        (
+            "silent",
+            UpstreamTimeout,
+            r"health check took longer than 0\.3 s",
+            r"no answer within 0\.3 s",
+        ),
+        ("closes mid-body", UpstreamError, "broke off", "broke off"),
+        ("resets mid-body", UpstreamError, "broke off", "broke off"),
+        ("garbage status line", UpstreamError, "broke off", "broke off"),
     ],
 )
 async def test_transport_failures_become_upstream_errors(
-    mocked: Mock, exc: Exception, expected: type[UpstreamError], message: str
+    wire: Wire,
+    node: str,
+    expected: type[UpstreamError],
+    probe_message: str,
+    stream_message: str,
 ) -> None:
-    client = mocked(raising(exc), OllamaClient)
-    for call in (client.probe, lambda: drain(client)):
+    if node == "closed port":
+        url = f"http://127.0.0.1:{closed_port()}"
+    else:
+        url = (await wire.serve(**BROKEN_NODES[node])).url
+    client = wire.client(url, OllamaClient, deadlines=SHORT)
+    for call, message in ((client.probe, probe_message), (lambda: drain(client), stream_message)):
         with pytest.raises(expected, match=message) as caught:
             await call()
         assert type(caught.value) is expected
 
 
-async def test_a_nan_in_the_request_is_bad_input_not_a_node_failure(mocked: Mock) -> None:
-    client = mocked(lambda request: httpx.Response(500), OllamaClient)
+async def test_an_address_the_policy_refuses_is_an_upstream_error(wire: Wire) -> None:
+    node = await wire.serve(reply(b"{}"))
+    async with create_http_client(allow_private=False, deadlines=DEADLINES) as strict:
+        client = OllamaClient(strict, base_url=node.url)
+        for call in (client.probe, lambda: drain(client)):
+            with pytest.raises(UpstreamError, match="not allowed") as caught:
+                await call()
+            assert type(caught.value) is UpstreamError
+    assert node.requests == []
+
+
+async def test_a_nan_in_the_request_is_bad_input_and_nothing_is_sent(wire: Wire) -> None:
+    node = await wire.serve(reply(b"", status="500 Internal Server Error"))
     with pytest.raises(BadInput, match="NaN"):
-        await drain_request(client, ask(temperature=float("nan")))
+        await drain_request(wire.client(node.url, OllamaClient), ask(temperature=float("nan")))
+    assert node.handlers == []  # not even a connection
 
 
-async def test_token_is_sent_and_accept_encoding_is_identity(mocked: Mock) -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"object": "list", "data": []})
-
-    await mocked(handler, token="t0k").probe()
-    assert seen[0].headers["authorization"] == "Bearer t0k"
-    assert seen[0].headers["accept-encoding"] == "identity"
+async def test_token_is_sent_and_accept_encoding_is_identity(wire: Wire) -> None:
+    node = await wire.serve(reply(b'{"object": "list", "data": []}'))
+    await wire.client(node.url, token="t0k").probe()
+    headers = request_headers(node.requests[0])
+    assert headers["authorization"] == "Bearer t0k"
+    assert headers["accept-encoding"] == "identity"
 
 
 async def test_registry_covers_every_runtime() -> None:
     assert set(CLIENTS) == set(Runtime)
-    async with httpx.AsyncClient() as http:
+    async with create_http_client(allow_private=False, deadlines=DEADLINES) as http:
         assert isinstance(client_for("exo", http, base_url=URL), ExoClient)
         assert isinstance(client_for(Runtime.OLLAMA, http, base_url=URL + "/"), OllamaClient)
         assert client_for("openai", http, base_url=URL + "/").base_url == URL
