@@ -1,6 +1,10 @@
 """Microbenchmark of routing: µs per plan over 10 candidates (pure, memory state, Redis).
 
 python bench/routing_micro.py [--plans 10000] [--candidates 10] [--redis redis://...]
+
+With --redis it also times the Redis state's background sync: one call per 100 ms
+while requests come, so its cost per request is a sync's cost over the requests a
+sync carries (at 100 requests/s, 10).
 """
 
 from __future__ import annotations
@@ -73,6 +77,18 @@ async def _time_router(label: str, router: Router, plans: int) -> None:
             await router.state.release(node_id, ok=True, ttft_ms=100.0, tokens_per_second=50.0)
 
 
+async def _time_sync(state: RedisRouterState, node_ids: list[uuid.UUID], runs: int) -> None:
+    await state.snapshot(node_ids)  # knows every candidate, as a replica routing them would
+    for outcomes in (0, 10, 100):
+        with _Timer(f"RedisRouterState.sync, {outcomes} outcomes queued", runs):
+            for i in range(runs):
+                for j in range(outcomes):
+                    node_id = node_ids[(i + j) % len(node_ids)]
+                    await state.acquire(node_id)  # ~1 µs each, in the figure
+                    await state.release(node_id, ok=True, ttft_ms=100.0, tokens_per_second=50)
+                await state.sync()
+
+
 async def main(plans: int, count: int, redis_url: str | None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite+aiosqlite:///{Path(folder) / 'bench.db'}"
@@ -98,9 +114,11 @@ async def main(plans: int, count: int, redis_url: str | None) -> None:
 
             client = Redis.from_url(redis_url)
             prefix = f"bench-{uuid.uuid4().hex}"
-            shared = RedisRouterState(client, prefix)
+            shared = RedisRouterState(client, prefix, autostart=False)  # syncs timed apart
             router = Router(catalog, shared)
             await _time_router("Router.plan, Redis state", router, plans)
+            await _time_sync(shared, [c.node_id for c in candidates], max(plans // 10, 100))
+            await shared.close()
             keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
             if keys:
                 await client.delete(*keys)

@@ -1,11 +1,36 @@
-"""Router state in Redis, shared by replicas: one Lua script (one round trip) per operation."""
+"""Router state shared by replicas through Redis, answered from memory and synced behind.
+
+The request path does no I/O: `snapshot`, `acquire`, `release` and `seed` read and
+update this replica's view of the nodes in memory, with the math of `MemoryRouterState`,
+and queue each outcome. A background task (started on first use, or by `start()`)
+sends the queue and this replica's in-flight counts to Redis in one Lua call and takes
+the shared figures back, at most every `sync_interval` (0.1 s) while requests come and
+every `idle_sync_interval` (1 s) otherwise, as the replica's heartbeat. The script
+applies the outcomes to the shared EWMAs, errors and cool-downs as one `release` did
+before, so the figures are the same, only up to ~0.2 s older on other replicas (their
+sync, then ours). A failure cools the node down here at once; the others see it after
+that delay. If Redis is unreachable, routing goes on with the last figures and this
+replica's own outcomes; the queue is kept (bounded) and sent when Redis is back.
+
+Why those intervals: Redis gets ~10 calls a second per replica whatever the request
+rate (it got 3 per request), while figures 0.2 s old are fresh next to a completion's
+seconds, and power of two choices absorbs stale load figures. redis-py sends each
+command through `asyncio.wait_for` (an extra Task) when `socket_timeout` is set: that is
+now paid once per sync, off the request path.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
 import time
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -15,119 +40,132 @@ from infer.routing.state import (
     ERROR_HALF_LIFE_SECONDS,
     EWMA_ALPHA,
     MAX_COOLDOWN_SECONDS,
+    NodeFigures,
     NodeStats,
-    decayed_error,
 )
 
 log = logging.getLogger(__name__)
 
 NODE_KEY_TTL_SECONDS = 7 * 24 * 3600  # figures of nodes nobody routes to fade away
 WARN_EVERY_SECONDS = 30.0
+MAX_PENDING_EVENTS = 10_000  # while Redis is away; older outcomes weigh little in an EWMA
+FORGET_NODE_SECONDS = 600.0  # a node no plan asked about (gone from the catalog)
+STOP_TASK_SECONDS = 0.5  # of close()'s budget, for the sync task to stop
 
-# Every script: KEYS[1] the replicas set, KEYS[2] a node's hash; ARGV[1] this replica,
-# ARGV[2] the node key's TTL. Sets `now` (server time), stamps the replica's heartbeat.
-_PRELUDE = f"""
+# KEYS[1] the replicas (sorted set: replica -> last heard, server time), KEYS[2] the
+# acknowledgements (hash: per replica its last call `c:` and last event `e:` applied),
+# KEYS[3..] the hashes of the nodes this replica knows.
+# ARGV[1] replica, [2] node key TTL, [3] replica TTL, [4] forget replicas after,
+# [5] call sequence, [6] counts "i n ..." (i = 1-based node), [7] first event's sequence,
+# [8] events "i kind a b ..." (kind 1 ok, 0 failure: a ttft, b tokens/s; s seed: a
+# latency; "-" for none), [9] "1" if the replica is leaving.
+# Returns one string, which parses far faster in Python than nested arrays: server time,
+# then per node "others ttft tps err err_at cool fails" ("-" where unset), "|" between.
+_SYNC = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-local alpha = {EWMA_ALPHA!r}
-local function put_count(count, seq)
-  local last = tonumber(redis.call('HGET', KEYS[2], 's:' .. ARGV[1]) or '0')
-  if seq <= last then return end  -- a later write of ours got there first
-  redis.call('HSET', KEYS[2], 's:' .. ARGV[1], seq)
-  if count > 0 then
-    redis.call('HSET', KEYS[2], 'r:' .. ARGV[1], count)
-  else
-    redis.call('HDEL', KEYS[2], 'r:' .. ARGV[1])
+local me, acks, alpha = ARGV[1], KEYS[2], {EWMA_ALPHA!r}
+redis.call('ZADD', KEYS[1], now, me)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 100)
+for _, replica in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], replica)
+  redis.call('HDEL', acks, 'c:' .. replica, 'e:' .. replica)
+end
+local touched = {{}}
+
+-- Counts are absolute; a call overtaken by a later one of ours writes none.
+local call = tonumber(ARGV[5])
+if call > tonumber(redis.call('HGET', acks, 'c:' .. me) or '0') then
+  redis.call('HSET', acks, 'c:' .. me, call)
+  local field = 'r:' .. me
+  for i, n in string.gmatch(ARGV[6], '(%d+) (%d+)') do
+    local k = tonumber(i) + 2
+    if tonumber(n) > 0 then
+      redis.call('HSET', KEYS[k], field, n)
+    else
+      redis.call('HDEL', KEYS[k], field)
+    end
+    touched[k] = true
   end
 end
-"""
 
-# ARGV: 3 this replica's in-flight count on the node, 4 its sequence number.
-_ACQUIRE = (
-    _PRELUDE
-    + """
-put_count(tonumber(ARGV[3]), tonumber(ARGV[4]))
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
-)
-
-# ARGV: 3 count, 4 sequence, 5 ok (1/0), 6 ttft ('' = none), 7 tokens per second.
-_RELEASE = (
-    _PRELUDE
-    + f"""
-local key = KEYS[2]
-put_count(tonumber(ARGV[3]), tonumber(ARGV[4]))
-local function ewma(name, value)
-  if value == '' then return end
+-- Events are numbered; one already applied (a retried call) is skipped.
+local function ewma(key, name, value)
+  if value == '-' then return end
   local new = tonumber(value)
   local old = redis.call('HGET', key, name)
   if old then new = alpha * new + (1 - alpha) * tonumber(old) end
   redis.call('HSET', key, name, tostring(new))
 end
-ewma('ttft', ARGV[6])
-ewma('tps', ARGV[7])
-local err = tonumber(redis.call('HGET', key, 'err') or '0')
-local err_at = tonumber(redis.call('HGET', key, 'err_at') or '0')
-if err > 0 and now > err_at then
-  err = err * 0.5 ^ ((now - err_at) / {ERROR_HALF_LIFE_SECONDS!r})
+local function outcome(key, ok, ttft, tps)
+  ewma(key, 'ttft', ttft)
+  ewma(key, 'tps', tps)
+  local err = tonumber(redis.call('HGET', key, 'err') or '0')
+  local err_at = tonumber(redis.call('HGET', key, 'err_at') or '0')
+  if err > 0 and now > err_at then
+    err = err * 0.5 ^ ((now - err_at) / {ERROR_HALF_LIFE_SECONDS!r})
+  end
+  err = (1 - alpha) * err
+  if ok then
+    redis.call('HSET', key, 'fails', 0)
+  else
+    err = err + alpha
+    local fails = redis.call('HINCRBY', key, 'fails', 1)
+    local pause = {COOLDOWN_SECONDS!r} * 2 ^ math.min(fails - 1, 8)
+    pause = math.min({MAX_COOLDOWN_SECONDS!r}, pause)
+    local cool = tonumber(redis.call('HGET', key, 'cool') or '0')
+    if now + pause > cool then redis.call('HSET', key, 'cool', tostring(now + pause)) end
+  end
+  redis.call('HSET', key, 'err', tostring(err), 'err_at', tostring(now))
 end
-err = (1 - alpha) * err
-if ARGV[5] == '1' then
-  redis.call('HSET', key, 'fails', 0)
-else
-  err = err + alpha
-  local fails = redis.call('HINCRBY', key, 'fails', 1)
-  local pause = {COOLDOWN_SECONDS!r} * 2 ^ math.min(fails - 1, 8)
-  pause = math.min({MAX_COOLDOWN_SECONDS!r}, pause)
-  local cool = tonumber(redis.call('HGET', key, 'cool') or '0')
-  if now + pause > cool then redis.call('HSET', key, 'cool', tostring(now + pause)) end
+local last = tonumber(redis.call('HGET', acks, 'e:' .. me) or '0')
+local seq = tonumber(ARGV[7]) - 1
+for i, kind, a, b in string.gmatch(ARGV[8], '(%d+) (%S+) (%S+) (%S+)') do
+  seq = seq + 1
+  if seq > last then
+    local k = tonumber(i) + 2
+    if kind == 's' then
+      redis.call('HSETNX', KEYS[k], 'ttft', a)
+    else
+      outcome(KEYS[k], kind == '1', a, b)
+    end
+    touched[k] = true
+  end
 end
-redis.call('HSET', key, 'err', tostring(err), 'err_at', tostring(now))
-redis.call('EXPIRE', key, ARGV[2])
-return 1
-"""
-)
+if seq > last then redis.call('HSET', acks, 'e:' .. me, seq) end
 
-# ARGV: 3 latency.
-_SEED = (
-    _PRELUDE
-    + """
-redis.call('HSETNX', KEYS[2], 'ttft', ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
-)
+if ARGV[9] == '1' then  -- our requests stop counting now, not after the replica TTL
+  redis.call('ZREM', KEYS[1], me)
+  redis.call('HDEL', acks, 'c:' .. me, 'e:' .. me)
+  for k = 3, #KEYS do redis.call('HDEL', KEYS[k], 'r:' .. me) end
+end
+for k in pairs(touched) do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', acks, ARGV[2])
 
-# KEYS[2..] nodes; ARGV: 2 replica ttl, 3 forget after. Returns one string, which parses
-# far faster in Python than nested arrays: now, then per node "in_flight ttft tps err
-# err_at cool fails" ("-" where unset), separated by "|".
-_SNAPSHOT = (
-    _PRELUDE
-    + """
-local alive_after = now - tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
-local slot = {ttft = 2, tps = 3, err = 4, err_at = 5, cool = 6, fails = 7}
-local heard = {}
-local out = {tostring(now)}
-for i = 2, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[i])
-  local stats = {0, '-', '-', '-', '-', '-', '-'}
+local alive_after = now - tonumber(ARGV[3])
+local slot = {{ttft = 2, tps = 3, err = 4, err_at = 5, cool = 6, fails = 7}}
+local heard = {{}}
+local out = {{tostring(now)}}
+for k = 3, #KEYS do
+  local flat = redis.call('HGETALL', KEYS[k])
+  local stats = {{0, '-', '-', '-', '-', '-', '-'}}
   for j = 1, #flat, 2 do
     local name, value = flat[j], flat[j + 1]
     local kind = string.sub(name, 1, 2)
-    if kind == 'r:' or kind == 's:' then
+    if kind == 'r:' or kind == 's:' then  -- s: sequence fields of the one-call-per-op scripts
       local replica = string.sub(name, 3)
-      local at = heard[replica]
-      if at == nil then
-        at = tonumber(redis.call('ZSCORE', KEYS[1], replica)) or false
-        heard[replica] = at
-      end
-      if not at then
-        redis.call('HDEL', KEYS[i], name)  -- a replica gone for good
-      elseif kind == 'r:' and at >= alive_after then
-        stats[1] = stats[1] + tonumber(value)
+      if replica ~= me then
+        local at = heard[replica]
+        if at == nil then
+          at = tonumber(redis.call('ZSCORE', KEYS[1], replica)) or false
+          heard[replica] = at
+        end
+        if not at then
+          redis.call('HDEL', KEYS[k], name)  -- a replica gone for good
+        elseif kind == 'r:' and at >= alive_after then
+          stats[1] = stats[1] + tonumber(value)
+        end
       end
     elseif slot[name] then
       stats[slot[name]] = value
@@ -137,7 +175,34 @@ for i = 2, #KEYS do
 end
 return table.concat(out, '|')
 """
-)
+
+
+@dataclass(slots=True)
+class _View(NodeFigures):
+    """A node as this replica sees it: `in_flight` is its own requests, exact."""
+
+    key: str = ""
+    others: int = 0  # other replicas' requests in flight, as of the last sync
+    seen_at: float = 0.0  # last asked about, to forget nodes gone from the catalog
+
+
+class _Event(NamedTuple):
+    """An outcome (kind "1" ok, "0" failure) or a seed ("s") not acknowledged by Redis yet."""
+
+    seq: int
+    node_id: uuid.UUID
+    kind: str
+    at: float
+    first: float | None  # ttft, or a seed's latency
+    second: float | None  # tokens per second
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _text(value: float | None) -> str:
+    return "-" if value is None else repr(value)
 
 
 def _number(value: str) -> float | None:
@@ -145,17 +210,19 @@ def _number(value: str) -> float | None:
 
 
 class RedisRouterState:
-    """Router state shared through Redis; a Redis failure degrades to no figures, not errors.
+    """Router state shared through Redis, served from this replica's memory.
 
     One hash per node, `{prefix}:router:node:{id}`: the EWMAs (`ttft`, `tps`, `err`,
     `err_at`), the cool-down (`cool`, `fails`), and per replica its in-flight count
-    (`r:{replica}`) with the sequence number of its last write (`s:{replica}`). A replica
-    writes its exact local count, not an increment, so a lost or reordered write is put
-    right by the next one. Each call stamps the replica's heartbeat in the sorted set
-    `{prefix}:router:replicas`; a snapshot counts only replicas heard from within
-    `replica_ttl_seconds` and deletes the fields of those silent for `forget_seconds`.
-    So the requests of a replica that died stop counting within a minute, with no sweeper.
-    Times are Redis server time.
+    (`r:{replica}`). A replica writes its exact count, not an increment, for every node
+    it has requests on or changed since the last sync, so a lost write is put right by
+    the next sync. Each sync stamps the replica's heartbeat in the sorted set
+    `{prefix}:router:replicas`; counts of replicas not heard from within
+    `replica_ttl_seconds` are left out, and their fields deleted after `forget_seconds`.
+    Calls and outcomes carry sequence numbers, acknowledged per replica in
+    `{prefix}:router:acks`, so a call retried after a timeout (which may have run) or
+    overtaken by a later one applies nothing twice. Times in Redis are server time;
+    the view converts them to this host's clock.
     """
 
     def __init__(
@@ -164,80 +231,65 @@ class RedisRouterState:
         prefix: str,
         *,
         owns_client: bool = False,
-        replica_ttl_seconds: float = 60.0,
+        sync_interval: float = 0.1,
+        idle_sync_interval: float = 1.0,
+        replica_ttl_seconds: float = 10.0,
         forget_seconds: float = 3600.0,
+        close_timeout: float = 2.0,
+        autostart: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._owns_client = owns_client
-        self._replica = uuid.uuid4().hex
-        self._replicas_key = f"{prefix}:router:replicas"
+        self._interval = sync_interval
+        self._idle_interval = idle_sync_interval
         self._replica_ttl = replica_ttl_seconds
         self._forget = forget_seconds
-        self._in_flight: dict[uuid.UUID, int] = {}
-        self._sequence = 0
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
-        self._seed = client.register_script(_SEED)
-        self._snapshot = client.register_script(_SNAPSHOT)
+        self._close_timeout = close_timeout
+        self._autostart = autostart
+        self._clock = clock
+        self.replica = uuid.uuid4().hex
+        self._replicas_key = f"{prefix}:router:replicas"
+        self._acks_key = f"{prefix}:router:acks"
+        self._script = client.register_script(_SYNC)
+        self._views: dict[uuid.UUID, _View] = {}
+        self._dirty: set[uuid.UUID] = set()  # counts changed since the last sync left
+        self._events: deque[_Event] = deque(maxlen=MAX_PENDING_EVENTS)
+        self._event_seq = 0
+        self._call_seq = 0
+        self._synced_at = time.monotonic()
+        self._lock = asyncio.Lock()  # one sync at a time
+        self._wake = asyncio.Event()  # something to send
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self._warned_at = -WARN_EVERY_SECONDS
+        self._failing = False
 
     def node_key(self, node_id: uuid.UUID) -> str:
         return f"{self._prefix}:router:node:{node_id}"
 
-    def _warn(self, action: str, exc: RedisError) -> None:
-        # Routing goes on without shared figures; say so, but not once per request.
-        now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY_SECONDS:
-            self._warned_at = now
-            log.warning("router state: %s failed, routing without it: %s", action, exc)
-
-    def _count(self, node_id: uuid.UUID, change: int) -> tuple[int, int]:
-        """This replica's new in-flight count on the node, and the write's sequence number."""
-        count = max(0, self._in_flight.get(node_id, 0) + change)
-        if count:
-            self._in_flight[node_id] = count
-        else:
-            self._in_flight.pop(node_id, None)
-        self._sequence += 1
-        return count, self._sequence
+    # The request path: memory only.
 
     async def snapshot(self, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, NodeStats]:
-        ids = list(node_ids)
-        if not ids:
-            return {}
-        keys = [self._replicas_key, *(self.node_key(node_id) for node_id in ids)]
-        try:
-            reply = await self._snapshot(
-                keys=keys, args=[self._replica, self._replica_ttl, self._forget]
-            )
-        except RedisError as exc:
-            self._warn("snapshot", exc)
-            return {node_id: NodeStats() for node_id in ids}
-        parts = (reply.decode() if isinstance(reply, bytes) else str(reply)).split("|")
-        now = float(parts[0])
+        if self._task is None:
+            self._start_lazily()
+        now = self._clock()
+        views = self._views
         result: dict[uuid.UUID, NodeStats] = {}
-        for node_id, part in zip(ids, parts[1:], strict=True):
-            in_flight, ttft, tps, err, err_at, cool, fails = part.split(" ")
-            result[node_id] = NodeStats(
-                in_flight=int(float(in_flight)),
-                ttft_ms_ewma=_number(ttft),
-                tokens_per_second_ewma=_number(tps),
-                error_ewma=decayed_error(_number(err) or 0.0, _number(err_at) or 0.0, now),
-                cooldown_until=_number(cool) or 0.0,
-                consecutive_failures=0 if fails == "-" else int(fails),
-            )
+        for node_id in node_ids:
+            view = views.get(node_id)
+            if view is None:
+                view = self._view(node_id)
+                self._wake.set()  # fetch its shared figures soon
+            view.seen_at = now
+            result[node_id] = view.stats(now, in_flight=view.in_flight + view.others)
         return result
 
     async def acquire(self, node_id: uuid.UUID) -> None:
-        count, sequence = self._count(node_id, +1)
-        keys = [self._replicas_key, self.node_key(node_id)]
-        try:
-            await self._acquire(
-                keys=keys, args=[self._replica, NODE_KEY_TTL_SECONDS, count, sequence]
-            )
-        except RedisError as exc:
-            self._warn("acquire", exc)
+        self._view(node_id).in_flight += 1
+        self._dirty.add(node_id)
+        self._touch()
 
     async def release(
         self,
@@ -247,28 +299,230 @@ class RedisRouterState:
         ttft_ms: float | None = None,
         tokens_per_second: float | None = None,
     ) -> None:
-        count, sequence = self._count(node_id, -1)
-        args: list[str | float] = [
-            self._replica,
-            NODE_KEY_TTL_SECONDS,
-            count,
-            sequence,
-            1 if ok else 0,
-            "" if ttft_ms is None else repr(float(ttft_ms)),
-            "" if tokens_per_second is None else repr(float(tokens_per_second)),
-        ]
-        try:
-            await self._release(keys=[self._replicas_key, self.node_key(node_id)], args=args)
-        except RedisError as exc:
-            self._warn("release", exc)
+        view = self._view(node_id)
+        view.in_flight = max(0, view.in_flight - 1)
+        self._dirty.add(node_id)
+        ttft, tps = _finite(ttft_ms), _finite(tokens_per_second)
+        now = self._clock()
+        view.record(ok=ok, ttft_ms=ttft, tokens_per_second=tps, now=now)
+        self._queue(node_id, "1" if ok else "0", now, ttft, tps)
 
     async def seed(self, node_id: uuid.UUID, latency_ms: float) -> None:
-        keys = [self._replicas_key, self.node_key(node_id)]
+        latency = _finite(latency_ms)
+        if latency is not None and self._view(node_id).seed(latency):
+            self._queue(node_id, "s", self._clock(), latency, None)
+
+    def _view(self, node_id: uuid.UUID) -> _View:
+        view = self._views.get(node_id)
+        if view is None:
+            view = _View(key=self.node_key(node_id), seen_at=self._clock())
+            self._views[node_id] = view
+        return view
+
+    def _queue(
+        self, node_id: uuid.UUID, kind: str, at: float, first: float | None, second: float | None
+    ) -> None:
+        self._event_seq += 1
+        self._events.append(_Event(self._event_seq, node_id, kind, at, first, second))
+        self._touch()
+
+    def _touch(self) -> None:
+        if self._task is None:
+            self._start_lazily()
+        self._wake.set()
+
+    # The sync.
+
+    def start(self) -> None:
+        """Start the background sync now (else the first call starts it); needs a running loop."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="router-state-sync"
+            )
+
+    def _start_lazily(self) -> None:
+        if self._autostart:
+            self.start()
+
+    async def sync(self) -> None:
+        """One round trip: send queued outcomes and our counts, take in the shared figures.
+
+        Raises RedisError (or OSError, TimeoutError) if Redis failed; then the view is
+        left as it was and everything is sent again by the next sync.
+        """
+        async with self._lock:
+            await self._sync(leaving=False)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = 0.0
+        while not self._closed:
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._idle_interval):
+                        await self._wake.wait()
+            # Activity wakes us at once, but calls stay `sync_interval` apart: a busy
+            # replica sends batches, not one call per request.
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._closed:
+                return
+            self._wake.clear()
+            started = loop.time()
+            ok = await self._sync_quietly()
+            next_at = started + (self._interval if ok else self._idle_interval)
+
+    async def _sync_quietly(self) -> bool:
         try:
-            await self._seed(keys=keys, args=[self._replica, NODE_KEY_TTL_SECONDS, latency_ms])
-        except RedisError as exc:
-            self._warn("seed", exc)
+            await self.sync()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._warn(exc)
+            return False
+        except Exception:  # a bug here must not end the sync for the life of the process
+            log.exception("router state: sync failed")
+            return False
+        if self._failing:
+            self._failing = False
+            log.warning("router state: Redis reachable again, sharing figures")
+        return True
+
+    def _warn(self, exc: BaseException) -> None:
+        # Routing goes on with the local view; say so, but not ten times a second.
+        self._failing = True
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_SECONDS:
+            self._warned_at = now
+            log.warning(
+                "router state: Redis sync failed, routing on local figures: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
+
+    async def _sync(self, *, leaving: bool) -> None:
+        views = self._views
+        if not views:
+            return
+        ids = list(views)
+        dirty, self._dirty = self._dirty, set()
+        index = {node_id: i for i, node_id in enumerate(ids, 1)}
+        counts = " ".join(
+            f"{index[node_id]} {view.in_flight}"
+            for node_id, view in views.items()
+            if view.in_flight or node_id in dirty
+        )
+        events = list(self._events)
+        first = events[0].seq if events else self._event_seq + 1
+        last_sent = events[-1].seq if events else self._event_seq
+        encoded = " ".join(
+            f"{index[e.node_id]} {e.kind} {_text(e.first)} {_text(e.second)}" for e in events
+        )
+        self._call_seq += 1
+        args: list[str | int | float] = [
+            self.replica,
+            NODE_KEY_TTL_SECONDS,
+            self._replica_ttl,
+            self._forget,
+            self._call_seq,
+            counts,
+            first,
+            encoded,
+            "1" if leaving else "0",
+        ]
+        keys = [self._replicas_key, self._acks_key, *(views[node_id].key for node_id in ids)]
+        sent_at = self._clock()
+        try:
+            reply = await self._script(keys=keys, args=args)
+        except BaseException:
+            self._dirty |= dirty  # the events stay queued until acknowledged
+            if time.monotonic() - self._synced_at > self._replica_ttl:
+                for view in views.values():
+                    view.others = 0  # unknown by now; the EWMAs are still the best we have
+            raise
+        self._take_in(reply, ids, last_sent, local_now=(sent_at + self._clock()) / 2)
+
+    def _take_in(
+        self, reply: bytes | str, ids: list[uuid.UUID], last_sent: int, *, local_now: float
+    ) -> None:
+        """Replace the view by Redis's figures, then replay what happened since the call left."""
+        parts = (reply.decode() if isinstance(reply, bytes) else str(reply)).split("|")
+        offset = float(parts[0]) - local_now  # server clock minus ours
+        events = self._events
+        while events and events[0].seq <= last_sent:
+            events.popleft()
+        views = self._views
+        for node_id, part in zip(ids, parts[1:], strict=True):
+            view = views[node_id]
+            others, ttft, tps, err, err_at, cool, fails = part.split(" ")
+            view.others = int(float(others))
+            view.ttft_ms = _number(ttft)
+            view.tokens_per_second = _number(tps)
+            view.error = _number(err) or 0.0
+            view.error_at = 0.0 if err_at == "-" else float(err_at) - offset
+            view.cooldown_until = 0.0 if cool == "-" else float(cool) - offset
+            view.failures = 0 if fails == "-" else int(fails)
+        replaced = set(ids)
+        for event in events:
+            if event.node_id in replaced:
+                self._replay(views[event.node_id], event)
+        self._synced_at = time.monotonic()
+        self._forget_stale(local_now)
+
+    @staticmethod
+    def _replay(view: _View, event: _Event) -> None:
+        if event.kind == "s":
+            if event.first is not None:
+                view.seed(event.first)
+        else:
+            view.record(
+                ok=event.kind == "1",
+                ttft_ms=event.first,
+                tokens_per_second=event.second,
+                now=event.at,
+            )
+
+    def _forget_stale(self, now: float) -> None:
+        cutoff = now - FORGET_NODE_SECONDS
+        stale = [
+            node_id
+            for node_id, view in self._views.items()
+            if view.seen_at < cutoff and not view.in_flight and node_id not in self._dirty
+        ]
+        if stale:
+            queued = {event.node_id for event in self._events}
+            for node_id in stale:
+                if node_id not in queued:
+                    del self._views[node_id]
 
     async def close(self) -> None:
+        """Stop the sync, send what is queued and withdraw our counts: at most `close_timeout`."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._close_timeout
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # redis-py may swallow a cancellation; a stuck task must not hold up shutdown.
+            await asyncio.wait([task], timeout=min(STOP_TASK_SECONDS, self._close_timeout / 4))
+        if self._views:
+            flush = loop.create_task(self._flush())
+            done, _ = await asyncio.wait([flush], timeout=max(0.0, deadline - loop.time()))
+            if not done:
+                flush.cancel()
+                log.warning("router state: gave up sending the last figures to Redis")
         if self._owns_client:
-            await self._client.aclose()
+            closing = loop.create_task(self._client.aclose())
+            await asyncio.wait([closing], timeout=max(0.1, deadline - loop.time()))
+
+    async def _flush(self) -> None:
+        try:
+            async with self._lock:
+                await self._sync(leaving=True)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning(
+                "router state: could not send the last figures to Redis: %s: %s",
+                type(exc).__name__,
+                exc,
+            )

@@ -30,7 +30,7 @@ class NodeStats:
 
 
 class RouterState(Protocol):
-    """Shared figures the router scores nodes by; each call is at most one round trip."""
+    """Figures the router scores nodes by; no call waits on the network (sharing runs behind)."""
 
     async def snapshot(self, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, NodeStats]:
         """Current stats of these nodes (nodes never seen get the defaults)."""
@@ -56,7 +56,7 @@ class RouterState(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release connections."""
+        """Flush what is not shared yet and release connections, in bounded time."""
         ...
 
 
@@ -80,7 +80,9 @@ def _ewma(old: float | None, value: float | None) -> float | None:
 
 
 @dataclass(slots=True)
-class _Entry:
+class NodeFigures:
+    """One node's figures, as both states keep them in memory; times are this host's clock."""
+
     in_flight: int = 0
     ttft_ms: float | None = None
     tokens_per_second: float | None = None
@@ -89,40 +91,68 @@ class _Entry:
     cooldown_until: float = 0.0
     failures: int = 0
 
+    def record(
+        self, *, ok: bool, ttft_ms: float | None, tokens_per_second: float | None, now: float
+    ) -> None:
+        """Fold one request's outcome in (not its in-flight count): EWMAs, errors, cool-down."""
+        self.ttft_ms = _ewma(self.ttft_ms, ttft_ms)
+        self.tokens_per_second = _ewma(self.tokens_per_second, tokens_per_second)
+        error = (1 - EWMA_ALPHA) * decayed_error(self.error, self.error_at, now)
+        if ok:
+            self.failures = 0
+        else:
+            error += EWMA_ALPHA
+            self.failures += 1
+            self.cooldown_until = max(self.cooldown_until, now + cooldown_seconds(self.failures))
+        self.error, self.error_at = error, now
+
+    def seed(self, latency_ms: float) -> bool:
+        """Take a health check's latency as TTFT if traffic has not measured one; True if taken."""
+        if self.ttft_ms is not None:
+            return False
+        self.ttft_ms = latency_ms
+        return True
+
+    def stats(self, now: float, *, in_flight: int) -> NodeStats:
+        return NodeStats(
+            in_flight=in_flight,
+            ttft_ms_ewma=self.ttft_ms,
+            tokens_per_second_ewma=self.tokens_per_second,
+            error_ewma=decayed_error(self.error, self.error_at, now),
+            cooldown_until=self.cooldown_until,
+            consecutive_failures=self.failures,
+        )
+
+
+_UNSEEN = NodeStats()
+
 
 class MemoryRouterState:
     """State in this process only; nothing here awaits, so every update is atomic."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self._entries: dict[uuid.UUID, _Entry] = {}
+        self._nodes: dict[uuid.UUID, NodeFigures] = {}
         self._clock = clock
 
     async def snapshot(self, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, NodeStats]:
         now = self._clock()
+        nodes = self._nodes
         result: dict[uuid.UUID, NodeStats] = {}
         for node_id in node_ids:
-            entry = self._entries.get(node_id)
-            if entry is None:
-                result[node_id] = NodeStats()
-                continue
-            result[node_id] = NodeStats(
-                in_flight=entry.in_flight,
-                ttft_ms_ewma=entry.ttft_ms,
-                tokens_per_second_ewma=entry.tokens_per_second,
-                error_ewma=decayed_error(entry.error, entry.error_at, now),
-                cooldown_until=entry.cooldown_until,
-                consecutive_failures=entry.failures,
+            figures = nodes.get(node_id)
+            result[node_id] = (
+                _UNSEEN if figures is None else figures.stats(now, in_flight=figures.in_flight)
             )
         return result
 
-    def _entry(self, node_id: uuid.UUID) -> _Entry:
-        entry = self._entries.get(node_id)
-        if entry is None:
-            entry = self._entries[node_id] = _Entry()
-        return entry
+    def _figures(self, node_id: uuid.UUID) -> NodeFigures:
+        figures = self._nodes.get(node_id)
+        if figures is None:
+            figures = self._nodes[node_id] = NodeFigures()
+        return figures
 
     async def acquire(self, node_id: uuid.UUID) -> None:
-        self._entry(node_id).in_flight += 1
+        self._figures(node_id).in_flight += 1
 
     async def release(
         self,
@@ -132,25 +162,14 @@ class MemoryRouterState:
         ttft_ms: float | None = None,
         tokens_per_second: float | None = None,
     ) -> None:
-        entry = self._entry(node_id)
-        now = self._clock()
-        entry.in_flight = max(0, entry.in_flight - 1)
-        entry.ttft_ms = _ewma(entry.ttft_ms, ttft_ms)
-        entry.tokens_per_second = _ewma(entry.tokens_per_second, tokens_per_second)
-        error = (1 - EWMA_ALPHA) * decayed_error(entry.error, entry.error_at, now)
-        if ok:
-            entry.failures = 0
-        else:
-            error += EWMA_ALPHA
-            entry.failures += 1
-            until = now + cooldown_seconds(entry.failures)
-            entry.cooldown_until = max(entry.cooldown_until, until)
-        entry.error, entry.error_at = error, now
+        figures = self._figures(node_id)
+        figures.in_flight = max(0, figures.in_flight - 1)
+        figures.record(
+            ok=ok, ttft_ms=ttft_ms, tokens_per_second=tokens_per_second, now=self._clock()
+        )
 
     async def seed(self, node_id: uuid.UUID, latency_ms: float) -> None:
-        entry = self._entry(node_id)
-        if entry.ttft_ms is None:
-            entry.ttft_ms = latency_ms
+        self._figures(node_id).seed(latency_ms)
 
     async def close(self) -> None:
         return None
@@ -161,10 +180,19 @@ def router_state_from_settings(settings: Settings) -> RouterState:
     if not settings.redis_url:
         return MemoryRouterState()
     from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     from infer.routing.redis_state import RedisRouterState
 
+    # Only the background sync uses this client, and it tries again on its own next
+    # round: one immediate retry (a connection Redis closed) rather than redis-py's ten
+    # with backoff, so a sync while Redis is away fails in about a second.
     client = Redis.from_url(
-        settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=30
+        settings.redis_url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),
     )
     return RedisRouterState(client, settings.redis_prefix, owns_client=True)
