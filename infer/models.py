@@ -209,6 +209,9 @@ class LedgerAccount(SQLModel, table=True):
     __table_args__ = (
         sa.CheckConstraint("kind <> 'user' OR balance >= 0", name="user_balance_not_negative"),
         sa.CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+        sa.CheckConstraint(
+            "kind <> 'user' OR balance >= reserved", name="user_reserved_within_balance"
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)

@@ -20,6 +20,9 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # SQLite's DDL is transactional too; said so, Alembic keeps every step (batch
+        # table copies included) inside the one BEGIN IMMEDIATE transaction.
+        transactional_ddl=True,
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":

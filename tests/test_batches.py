@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 
 from infer.audit import ClientInfo
 from infer.billing import ledger
-from infer.billing.batches import HoldRequest, Settlement, place_holds, settle_many
+from infer.billing.batches import HoldRequest, Settlement, Writers, place_holds, settle_many
 from infer.billing.batching import GroupCommit
 from infer.billing.credits import grant_credits
 from infer.billing.settlement import Usage
 from infer.db import Database
 from infer.errors import InsufficientFunds
 from infer.models import Hold, LedgerAccount, UsageRecord, User, utcnow
+
+
+@pytest.fixture(params=["general path", "one statement"])
+async def writers(request: pytest.FixtureRequest, db: Database) -> AsyncIterator[Writers]:
+    """The general path, and on PostgreSQL also the one-statement writers."""
+    writers = Writers(db)
+    if request.param == "general path":
+        writers.holds = writers.settlements = None
+    elif writers.holds is None:
+        pytest.skip("one-statement writers exist on PostgreSQL only")
+    yield writers
+    await writers.close()
 
 
 async def _buyer(db: Database, email: str, credits: int) -> tuple[uuid.UUID, uuid.UUID]:
@@ -61,24 +74,29 @@ async def _account(db: Database, account_id: uuid.UUID) -> LedgerAccount:
         return account
 
 
-async def test_holds_that_do_not_all_fit_are_admitted_in_arrival_order(db: Database) -> None:
+async def test_holds_that_do_not_all_fit_are_admitted_in_arrival_order(
+    db: Database, writers: Writers
+) -> None:
     _, account_id = await _buyer(db, "ann@example.com", 100)
-    granted = await place_holds(db, [_hold(account_id, a) for a in (40, 50, 30, 10)])
+    requests = [_hold(account_id, a) for a in (40, 50, 30, 10)]
+    granted = await place_holds(db, requests, writer=writers.holds)
     assert [isinstance(g, uuid.UUID) for g in granted] == [True, True, False, True]
     assert isinstance(granted[2], InsufficientFunds)
     assert (await _account(db, account_id)).reserved == 100
 
 
-async def test_a_batch_settles_exactly_and_releases_its_holds(db: Database) -> None:
+async def test_a_batch_settles_exactly_and_releases_its_holds(
+    db: Database, writers: Writers
+) -> None:
     user_id, account_id = await _buyer(db, "ann@example.com", 1_000)
     _, operator_account = await _buyer(db, "op@example.com", 0)
-    holds = await place_holds(db, [_hold(account_id, 300) for _ in range(3)])
+    holds = await place_holds(db, [_hold(account_id, 300) for _ in range(3)], writer=writers.holds)
     items = [
         Settlement(hold, account_id, operator_account, _usage(user_id, cost))
         for hold, cost in zip(holds, (100, 250, 0), strict=True)
         if isinstance(hold, uuid.UUID)
     ]
-    assert await settle_many(db, items) == [None, None, None]
+    assert await settle_many(db, items, writer=writers.settlements) == [None, None, None]
     buyer = await _account(db, account_id)
     assert (buyer.balance, buyer.reserved) == (650, 0)
     assert (await _account(db, operator_account)).balance == 90 + 225
@@ -88,12 +106,14 @@ async def test_a_batch_settles_exactly_and_releases_its_holds(db: Database) -> N
         assert (await ledger.check_books(session)).balanced
 
 
-async def test_one_bad_settlement_does_not_sink_the_rest_of_its_batch(db: Database) -> None:
+async def test_one_bad_settlement_does_not_sink_the_rest_of_its_batch(
+    db: Database, writers: Writers
+) -> None:
     user_id, account_id = await _buyer(db, "ann@example.com", 100)
     good = Settlement(None, account_id, None, _usage(user_id, 60))
     # More than the balance, with no hold behind it: it cannot be charged.
     bad = Settlement(None, account_id, None, _usage(user_id, 500))
-    results = await settle_many(db, [good, bad])
+    results = await settle_many(db, [good, bad], writer=writers.settlements)
     assert results[0] is None
     assert isinstance(results[1], InsufficientFunds)
     assert (await _account(db, account_id)).balance == 40
@@ -122,10 +142,12 @@ async def test_concurrent_jobs_share_batches_and_get_their_own_results() -> None
 
 @pytest.mark.parametrize("concurrency", [40])
 async def test_concurrent_holds_through_group_commit_never_overdraw(
-    db: Database, concurrency: int
+    db: Database, writers: Writers, concurrency: int
 ) -> None:
     _, account_id = await _buyer(db, "ann@example.com", 1_000)
-    group: GroupCommit[HoldRequest, uuid.UUID] = GroupCommit(lambda r: place_holds(db, r))
+    group: GroupCommit[HoldRequest, uuid.UUID] = GroupCommit(
+        lambda r: place_holds(db, r, writer=writers.holds)
+    )
     results = await asyncio.gather(
         *(group.submit(_hold(account_id, 75)) for _ in range(concurrency)), return_exceptions=True
     )
@@ -133,3 +155,40 @@ async def test_concurrent_holds_through_group_commit_never_overdraw(
     assert len(granted) == 1_000 // 75
     assert all(isinstance(r, (uuid.UUID, InsufficientFunds)) for r in results)
     assert (await _account(db, account_id)).reserved == 75 * len(granted)
+
+
+async def test_two_replicas_settling_the_same_accounts_at_once_keep_the_books(
+    db: Database, writers: Writers
+) -> None:
+    _, operator_account = await _buyer(db, "op@example.com", 0)
+    buyers = [await _buyer(db, f"b{i}@example.com", 10_000) for i in range(4)]
+    other = Writers(db)  # a second replica's writers
+    if writers.settlements is None:
+        other.holds = other.settlements = None
+
+    async def replica(own: Writers, order: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        for _ in range(10):
+            items = [
+                Settlement(None, account_id, operator_account, _usage(user_id, 10))
+                for user_id, account_id in order
+            ]
+            assert await settle_many(db, items, writer=own.settlements) == [None] * len(items)
+
+    try:
+        await asyncio.gather(replica(writers, buyers), replica(other, buyers[::-1]))
+    finally:
+        await other.close()
+    for _, account_id in buyers:
+        assert (await _account(db, account_id)).balance == 10_000 - 2 * 10 * 10
+    assert (await _account(db, operator_account)).balance == 8 * 10 * 9
+    async with db.session() as session:
+        assert (await ledger.check_books(session)).balanced
+
+
+async def test_reserved_funds_can_never_exceed_the_balance(db: Database) -> None:
+    _, account_id = await _buyer(db, "ann@example.com", 100)
+    with pytest.raises(sa.exc.IntegrityError):
+        async with db.transaction() as session:
+            await session.exec(  # type: ignore[call-overload]
+                sa.update(LedgerAccount).where(LedgerAccount.id == account_id).values(reserved=101)
+            )

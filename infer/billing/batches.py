@@ -12,8 +12,9 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from infer.billing import settlement
+from infer.billing import pg_batches, settlement
 from infer.billing.ledger import FEES_ACCOUNT_ID
+from infer.billing.pg_batches import WriterConnection
 from infer.db import Database
 from infer.errors import InsufficientFunds
 from infer.models import (
@@ -89,20 +90,58 @@ class Settlement:
     usage: settlement.Usage
 
 
+class Writers:
+    """On PostgreSQL, the connections of the hold and settlement writers (else None)."""
+
+    def __init__(self, db: Database) -> None:
+        postgres = db.engine.dialect.name == "postgresql"
+        self.holds = (
+            WriterConnection(db, session={"synchronous_commit": "off"}) if postgres else None
+        )
+        self.settlements = WriterConnection(db) if postgres else None
+
+    async def close(self) -> None:
+        for writer in (self.holds, self.settlements):
+            if writer is not None:
+                await writer.close()
+
+
 async def _reserve(connection: AsyncConnection, account_id: uuid.UUID, amount: int) -> bool:
     result = await connection.execute(_RESERVE, {"account": account_id, "amount": amount})
     return bool(result.rowcount == 1)
 
 
 async def place_holds(
-    db: Database, requests: Sequence[HoldRequest]
+    db: Database, requests: Sequence[HoldRequest], *, writer: WriterConnection | None = None
 ) -> list[uuid.UUID | BaseException]:
-    """Reserve funds for many requests: one conditional update per account when all fit."""
-    by_account: dict[uuid.UUID, list[int]] = defaultdict(list)
-    for index, request in enumerate(requests):
-        by_account[request.account_id].append(index)
+    """Reserve funds for many requests: one conditional update per account when all fit.
+
+    With a PostgreSQL writer, one statement places the holds of every account that can
+    cover all of its requests; the others go through the general path below.
+    """
     granted: list[uuid.UUID | BaseException] = [InsufficientFunds(_NO_FUNDS)] * len(requests)
-    rows = []
+    pending = list(range(len(requests)))
+    if writer is not None:
+        ids = [uuid.uuid4() for _ in requests]
+        rows = [
+            (ids[i], r.account_id, r.amount, r.request_id, r.expires_at)
+            for i, r in enumerate(requests)
+        ]
+        try:
+            placed = await pg_batches.place_holds(writer, rows, utcnow())
+        except Exception:
+            log.warning("placing %d holds in one statement failed", len(rows), exc_info=True)
+            placed = set()
+        for i in pending:
+            if ids[i] in placed:
+                granted[i] = ids[i]
+        pending = [i for i in pending if ids[i] not in placed]
+        if not pending:
+            return granted
+    by_account: dict[uuid.UUID, list[int]] = defaultdict(list)
+    for index in pending:
+        by_account[requests[index].account_id].append(index)
+    rows_to_insert = []
     # A hold lost in a crash dies with its request, so its commit need not wait for disk.
     async with db.core_transaction(durable=False) as connection:
         for account_id in sorted(by_account):
@@ -118,7 +157,7 @@ async def place_holds(
                 hold_id = uuid.uuid4()
                 granted[i] = hold_id
                 request = requests[i]
-                rows.append(
+                rows_to_insert.append(
                     {
                         "id": hold_id,
                         "account_id": account_id,
@@ -129,16 +168,32 @@ async def place_holds(
                         "released_at": None,
                     }
                 )
-        if rows:
-            await connection.execute(_INSERT_HOLDS, rows)
+        if rows_to_insert:
+            await connection.execute(_INSERT_HOLDS, rows_to_insert)
     return granted
 
 
-async def settle_many(db: Database, items: Sequence[Settlement]) -> list[BaseException | None]:
-    """Settle many requests in one transaction; if that fails, each on its own."""
+async def settle_many(
+    db: Database, items: Sequence[Settlement], *, writer: WriterConnection | None = None
+) -> list[BaseException | None]:
+    """Settle many requests in one transaction (one statement with a PostgreSQL writer);
+    if that fails, each on its own (a usage record's unique request id stops a repeat).
+    """
     try:
-        async with db.core_transaction() as connection:
-            await _settle_together(connection, items)
+        plan = _plan(items, utcnow())
+        if writer is not None:
+            await pg_batches.settle(
+                writer,
+                now=plan.now,
+                hold_ids=plan.hold_ids,
+                deltas=plan.deltas,
+                transactions=plan.transactions,
+                entries=plan.entries,
+                usages=plan.usages,
+            )
+        else:
+            async with db.core_transaction() as connection:
+                await _settle_together(connection, plan)
         return [None] * len(items)
     except Exception:
         if len(items) == 1:
@@ -162,24 +217,30 @@ async def settle_many(db: Database, items: Sequence[Settlement]) -> list[BaseExc
     return results
 
 
-async def _settle_together(connection: AsyncConnection, items: Sequence[Settlement]) -> None:
-    now = utcnow()
-    hold_ids = [i.hold_id for i in items if i.hold_id is not None]
-    released: dict[uuid.UUID, int] = {}
-    if hold_ids:
-        result = await connection.execute(_RELEASE_HOLDS, {"holds": hold_ids, "now": now})
-        released = {hold_id: int(amount) for hold_id, amount in result.all()}
-    balance: dict[uuid.UUID, int] = defaultdict(int)
-    unreserve: dict[uuid.UUID, int] = defaultdict(int)
-    transactions, entries, usages = [], [], []
+@dataclass
+class _Plan:
+    """What settling a batch writes: holds to release, balance moves, and the rows."""
+
+    now: datetime
+    hold_ids: list[uuid.UUID]
+    deltas: dict[uuid.UUID, int]
+    buyers: dict[uuid.UUID, uuid.UUID]  # hold id → the account it reserved on
+    transactions: list[dict[str, object]]
+    entries: list[dict[str, object]]
+    usages: list[dict[str, object]]
+
+
+def _plan(items: Sequence[Settlement], now: datetime) -> _Plan:
+    plan = _Plan(now, [], defaultdict(int), {}, [], [], [])
     for item in items:
         usage = item.usage
         if item.hold_id is not None:
-            unreserve[item.buyer_account_id] += released.get(item.hold_id, 0)
+            plan.hold_ids.append(item.hold_id)
+            plan.buyers[item.hold_id] = item.buyer_account_id
         transaction_id = None
         if usage.cost > 0:
             transaction_id = uuid.uuid4()
-            transactions.append(
+            plan.transactions.append(
                 {
                     "id": transaction_id,
                     "kind": "usage",
@@ -196,22 +257,32 @@ async def _settle_together(connection: AsyncConnection, items: Sequence[Settleme
             if usage.cost - operator_share:
                 postings.append((FEES_ACCOUNT_ID, usage.cost - operator_share))
             for account_id, amount in postings:
-                balance[account_id] += amount
-                entries.append(
+                plan.deltas[account_id] += amount
+                plan.entries.append(
                     {"transaction_id": transaction_id, "account_id": account_id, "amount": amount}
                 )
-        usages.append(_usage_row(usage, transaction_id, now))
+        plan.usages.append(_usage_row(usage, transaction_id, now))
+    plan.deltas = dict(plan.deltas)
+    return plan
+
+
+async def _settle_together(connection: AsyncConnection, plan: _Plan) -> None:
+    unreserve: dict[uuid.UUID, int] = defaultdict(int)
+    if plan.hold_ids:
+        result = await connection.execute(_RELEASE_HOLDS, {"holds": plan.hold_ids, "now": plan.now})
+        for hold_id, amount in result.all():
+            unreserve[plan.buyers[hold_id]] += int(amount)
     # A fixed lock order (by account id) keeps concurrent batches from deadlocking.
-    for account_id in sorted(set(balance) | set(unreserve)):
-        delta, release = balance.get(account_id, 0), unreserve.get(account_id, 0)
+    for account_id in sorted(set(plan.deltas) | set(unreserve)):
+        delta, release = plan.deltas.get(account_id, 0), unreserve.get(account_id, 0)
         params = {"account": account_id, "delta": delta, "release": release}
         result = await connection.execute(_DEBIT if delta < 0 else _MOVE, params)
         if result.rowcount != 1:
             raise InsufficientFunds("the balance is too low for this")
-    if transactions:
-        await connection.execute(_INSERT_TRANSACTIONS, transactions)
-        await connection.execute(_INSERT_ENTRIES, entries)
-    await connection.execute(_INSERT_USAGE, usages)
+    if plan.transactions:
+        await connection.execute(_INSERT_TRANSACTIONS, plan.transactions)
+        await connection.execute(_INSERT_ENTRIES, plan.entries)
+    await connection.execute(_INSERT_USAGE, plan.usages)
 
 
 def _usage_row(

@@ -74,18 +74,20 @@ class Completions:
         self.deadlines = deadlines
         self.policy = policy
         self.accounts = AccountIds(db)
+        self.writers = batches.Writers(db)
         # Concurrent requests share hold and settlement transactions (group commit).
         self.holds: GroupCommit[batches.HoldRequest, uuid.UUID] = GroupCommit(
-            lambda requests: batches.place_holds(db, requests)
+            lambda requests: batches.place_holds(db, requests, writer=self.writers.holds)
         )
         self.settlements: GroupCommit[batches.Settlement, None] = GroupCommit(
-            lambda items: batches.settle_many(db, items)
+            lambda items: batches.settle_many(db, items, writer=self.writers.settlements)
         )
 
     async def close(self) -> None:
         """Let the holds and settlements already submitted reach the database."""
         await self.holds.drained()
         await self.settlements.drained()
+        await self.writers.close()
 
     async def settled(self) -> None:
         """Wait until every completion this process finished is in the books.
