@@ -55,6 +55,11 @@ class _Generation:
         self.loaded = self.first = self.done = time.perf_counter_ns()
 
     @property
+    def paced(self) -> bool:
+        """Tokens come with a time to first token or at a set rate, not all at once."""
+        return bool(self.config.ttft_ms or self.config.tokens_per_second)
+
+    @property
     def text(self) -> str:
         return "".join(self.completion.pieces)
 
@@ -97,12 +102,15 @@ class _Stream(StreamingResponse):
     """A streamed body whose headers wait for the first chunk, as Ollama's do.
 
     The stream stops when the client goes away; on Dropped it returns without ending
-    the body, so the server closes the connection mid-stream.
+    the body, so the server closes the connection mid-stream. With no pacing (`paced`
+    false) every chunk after the first is ready at once: they go out in one write, as
+    a fast server's tokens leave in few TCP segments, instead of one write per token.
     """
 
-    def __init__(self, chunks: AsyncIterator[bytes], media_type: str) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], media_type: str, *, paced: bool) -> None:
         super().__init__(chunks, headers={"content-type": media_type})
         self.chunks = chunks
+        self.paced = paced
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as group:
@@ -113,18 +121,31 @@ class _Stream(StreamingResponse):
     async def _pump(self, send: Send) -> None:
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         started = False
+        held: list[bytes] = []
+
+        async def flush() -> None:
+            if held:
+                body = b"".join(held)
+                held.clear()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+
         try:
             async for chunk in self.chunks:
                 if not started:
                     await send(start)
                     started = True
+                elif not self.paced:
+                    held.append(chunk)
+                    continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Dropped:
             if not started:
                 await send(start)
+            await flush()
             return
         if not started:
             await send(start)
+        await flush()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -298,7 +319,7 @@ class _Simulator:
             empty = _ollama_object(started.model, key, "")
             return json_response(empty | {"done_reason": "load", "done": True})
         if started.job.stream:
-            return _Stream(_ollama_lines(started, key), NDJSON)
+            return _Stream(_ollama_lines(started, key), NDJSON, paced=started.paced)
         try:
             async for _ in started.pieces():
                 pass
@@ -316,7 +337,7 @@ class _Simulator:
         assert isinstance(started, _Generation)  # OpenAI requests always carry messages
         completion_id = f"chatcmpl-{self.random.getrandbits(40):x}"
         if started.job.stream:
-            return _Stream(_openai_events(started, completion_id), SSE)
+            return _Stream(_openai_events(started, completion_id), SSE, paced=started.paced)
         try:
             async for _ in started.pieces():
                 pass
