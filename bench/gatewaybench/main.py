@@ -17,7 +17,7 @@ from .errors import BenchError
 from .httpx_pool import HttpxPool
 from .lean import LeanPool
 from .load import Load, Row, Tally
-from .market import set_up
+from .market import set_up, wait_for_settlements
 from .options import Options, parse_options
 from .processes import forget_redis_keys, fresh_database, platform_env, services
 from .profiling import py_spy, summarise_profile
@@ -83,6 +83,7 @@ async def run(options: Options, env: dict[str, str], database_url: str, workdir:
         finally:
             for pool in pools.values():
                 await pool.aclose()
+        await wait_for_settlements(platform_url)
         billing = await verify_billing(database_url, tally)
     return report(options, rows, billing, profile)
 

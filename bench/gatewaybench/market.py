@@ -41,6 +41,12 @@ async def graphql(
     return dict(body["data"])
 
 
+async def wait_for_settlements(platform: str) -> None:
+    """INFER writes a settlement just after its answer; any GraphQL request waits for them."""
+    async with httpx.AsyncClient(base_url=platform, timeout=60) as client:
+        await graphql(client, "{ __typename }", {})
+
+
 async def sign_up_with_key(platform: str, email: str) -> str:
     async with httpx.AsyncClient(base_url=platform, timeout=30) as session:  # its own cookies
         await graphql(session, SIGN_UP, {"e": email, "p": PASSWORD})

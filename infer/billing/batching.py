@@ -41,6 +41,11 @@ class GroupCommit(Generic[J, R]):
         return future
 
     @property
+    def backlog(self) -> int:
+        """Jobs queued behind the batch that is running."""
+        return len(self._queue)
+
+    @property
     def pending(self) -> bool:
         """Jobs are queued or running."""
         return self._worker is not None

@@ -32,6 +32,8 @@ from infer.security.crypto import Keyring
 
 log = logging.getLogger(__name__)
 
+MAX_SETTLEMENT_BACKLOG = 256  # settlements queued before answers wait for the books
+
 
 @dataclass(frozen=True)
 class BillingPolicy:
@@ -330,6 +332,10 @@ class Completion:
             )
         )
         written.add_done_callback(self._check_settled)
+        if self.owner.settlements.backlog > MAX_SETTLEMENT_BACKLOG:
+            # The books fall behind the answers: wait, so that load slows to their pace.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(written)
         return usage
 
     def _check_settled(self, written: asyncio.Future[None]) -> None:
