@@ -17,7 +17,9 @@ from typing import Protocol
 
 from limits import RateLimitItem, parse
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
+from infer.billing.batching import GroupCommit
 from infer.config import Settings
 from infer.errors import RateLimited
 
@@ -141,14 +143,44 @@ class Counters(Protocol):
     async def close(self) -> None: ...
 
 
+_Job = tuple[list[str], list[int]]  # one call's keys and arguments
+
+
 class RedisCounters:
-    """Counters in Redis, shared by every replica; one EVALSHA per call."""
+    """Counters in Redis, shared by every replica; one EVALSHA per call.
+
+    Calls made while one is out go together in one pipeline (one round trip), each
+    script still atomic on its own.
+    """
 
     def __init__(self, redis: Redis, *, prefix: str, timeout: float = REDIS_TIMEOUT) -> None:
         self._redis = redis
         self._script = redis.register_script(_COUNT_SCRIPT)
         self._prefix = prefix
         self._timeout = timeout
+        self._calls: GroupCommit[_Job, list[int]] = GroupCommit(self._run)
+
+    async def _run(self, jobs: Sequence[_Job]) -> Sequence[list[int] | BaseException]:
+        async with asyncio.timeout(self._timeout):
+            if len(jobs) == 1:
+                keys, args = jobs[0]
+                return [await self._script(keys=keys, args=args)]
+            try:
+                return await self._pipeline(jobs)
+            except NoScriptError:  # Redis restarted or flushed its scripts: load, once more
+                await self._redis.script_load(_COUNT_SCRIPT)
+                return await self._pipeline(jobs)
+
+    async def _pipeline(self, jobs: Sequence[_Job]) -> list[list[int] | BaseException]:
+        # Plain EVALSHA commands: a pipeline given Script objects would ask SCRIPT EXISTS
+        # first, a second round trip per batch.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in jobs:
+                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            replies: list[list[int] | BaseException] = await pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            raise NoScriptError("NOSCRIPT")
+        return replies
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str) -> RedisCounters:
@@ -163,8 +195,7 @@ class RedisCounters:
             current = f"{self._prefix}:{{{limit.key}}}"
             keys += (f"{current}/-1", current)
             args += (limit.amount, limit.seconds, cost)
-        async with asyncio.timeout(self._timeout):
-            reply: list[int] = await self._script(keys=keys, args=args)
+        reply = await self._calls.submit((keys, args))
         windows = tuple(
             Window.weigh(limit, *_seconds(reply[1 + 4 * i : 5 + 4 * i]))
             for i, (limit, _) in enumerate(costs)
@@ -172,6 +203,7 @@ class RedisCounters:
         return Verdict(windows, windows[reply[0] - 1] if reply[0] else None)
 
     async def close(self) -> None:
+        await self._calls.drained()
         await self._redis.aclose()
 
 

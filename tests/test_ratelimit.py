@@ -236,3 +236,24 @@ async def test_a_hung_redis_fails_the_call_within_the_timeout() -> None:
         writer.close()
     server.close()
     await server.wait_closed()
+
+
+async def test_concurrent_calls_survive_redis_forgetting_its_scripts(
+    redis_prefix: str, made: list[RateLimiter]
+) -> None:
+    made.append(RateLimiter(RedisCounters.from_url(REDIS_URL, prefix=redis_prefix)))
+    limiter, principal = made[-1], key(requests=10, tokens=10_000)
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        await admin.script_flush()  # as after a Redis restart
+    finally:
+        await admin.aclose()
+
+    async def attempt() -> bool:
+        try:
+            await admit(limiter, principal, defaults=DEFAULTS, tokens=100)
+        except RateLimited:
+            return False
+        return True
+
+    assert sum(await asyncio.gather(*(attempt() for _ in range(20)))) == 10
