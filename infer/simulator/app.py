@@ -103,8 +103,8 @@ class _Stream(StreamingResponse):
 
     The stream stops when the client goes away; on Dropped it returns without ending
     the body, so the server closes the connection mid-stream. With no pacing (`paced`
-    false) every chunk after the first is ready at once: they go out in one write, as
-    a fast server's tokens leave in few TCP segments, instead of one write per token.
+    false) the whole answer is ready at once and goes out in one write, as a fast
+    server's tokens leave in few TCP segments, instead of one write per token.
     """
 
     def __init__(self, chunks: AsyncIterator[bytes], media_type: str, *, paced: bool) -> None:
@@ -113,39 +113,41 @@ class _Stream(StreamingResponse):
         self.paced = paced
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.paced:
+            await self._all_at_once(send)
+            return
         async with anyio.create_task_group() as group:
             group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
             await self._pump(send)
             group.cancel_scope.cancel()
 
+    async def _all_at_once(self, send: Send) -> None:
+        held: list[bytes] = []
+        dropped = False
+        try:
+            async for chunk in self.chunks:
+                held.append(chunk)
+        except Dropped:
+            dropped = True
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        body = b"".join(held)
+        await send({"type": "http.response.body", "body": body, "more_body": dropped})
+
     async def _pump(self, send: Send) -> None:
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         started = False
-        held: list[bytes] = []
-
-        async def flush() -> None:
-            if held:
-                body = b"".join(held)
-                held.clear()
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-
         try:
             async for chunk in self.chunks:
                 if not started:
                     await send(start)
                     started = True
-                elif not self.paced:
-                    held.append(chunk)
-                    continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Dropped:
             if not started:
                 await send(start)
-            await flush()
             return
         if not started:
             await send(start)
-        await flush()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
