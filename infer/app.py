@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from infer.config import Settings
+from infer.config import Settings, load_settings
 from infer.gateway.routes import routes as gateway_routes
 from infer.middleware import BodySizeLimit, SecurityHeaders
 from infer.resources import Resources
@@ -36,6 +36,11 @@ async def readyz(request: Request) -> JSONResponse:
     if await request.state.resources.db.ping():
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "database unreachable"}, status_code=503)
+
+
+def app_from_environment() -> Starlette:
+    """The app of one worker process of `infer serve --workers N`, configured as its parent."""
+    return create_app(load_settings())
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -35,15 +35,26 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     from infer.app import create_app
 
+    if args.workers < 1:
+        raise CommandError("--workers must be at least 1")
+    if args.workers > 1 and not settings.redis_url:
+        raise CommandError(
+            "--workers above 1 needs INFER_REDIS_URL: the processes share rate limits, "
+            "routing figures and key revocations through Redis"
+        )
     _migrate(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level=settings.log_level,
-        proxy_headers=True,
-        server_header=False,
-    )
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": settings.log_level,
+        "proxy_headers": True,
+        "server_header": False,
+    }
+    if args.workers > 1:
+        # Each worker process builds the app from the same environment (and secrets file).
+        uvicorn.run("infer.app:app_from_environment", factory=True, workers=args.workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
@@ -273,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="apply migrations, then serve the platform")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the same port (above 1 needs INFER_REDIS_URL)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     migrate = commands.add_parser("migrate", help="apply pending database migrations")

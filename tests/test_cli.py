@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+import pytest
 from conftest import SIGN_UP, GraphQLClient
 
 from infer.config import Settings
 
 
-def _infer(settings: Settings, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {
+def _env(settings: Settings, cwd: Path) -> dict[str, str]:
+    return {
         "PATH": os.environ["PATH"],
         "INFER_DATABASE_URL": settings.database_url,
         "INFER_SECRETS_FILE": str(cwd / "secrets.json"),
     }
+
+
+def _infer(settings: Settings, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "infer.cli", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=_env(settings, cwd),
         cwd=cwd,
         timeout=60,
         check=False,
@@ -86,3 +93,55 @@ def test_production_refuses_to_start_without_secrets(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "INFER_SECRET_KEY must be set in production" in done.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_several_workers_need_redis(settings: Settings, tmp_path: Path) -> None:
+    done = _infer(
+        settings.model_copy(update={"redis_url": None}), "serve", "--workers", "2", cwd=tmp_path
+    )
+    assert done.returncode == 1
+    assert "--workers above 1 needs INFER_REDIS_URL" in done.stderr
+
+
+def test_several_workers_serve_one_port(settings: Settings, tmp_path: Path) -> None:
+    if settings.redis_url is None:
+        pytest.skip("several workers share their state through Redis (the PostgreSQL variant)")
+    port = _free_port()
+    env = _env(settings, tmp_path) | {"INFER_REDIS_URL": settings.redis_url}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "infer.cli", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "not serving after 60 s"
+            time.sleep(0.2)
+        query = {"query": SIGN_UP, "variables": {"e": "ann@example.com", "p": "a long pass phrase"}}
+        answers = [httpx.post(f"{url}/graphql", json=query, timeout=10).json() for _ in range(2)]
+        # One account whichever worker took each request: the second sign-up is refused.
+        assert answers[0]["data"]["signUp"]["id"]
+        assert answers[1]["errors"][0]["extensions"]["code"] == "CONFLICT"
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        commands = [Path(f"/proc/{child}/cmdline").read_bytes() for child in children]
+        assert sum(b"spawn_main" in command for command in commands) == 2  # the two workers
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
