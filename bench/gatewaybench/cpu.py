@@ -19,6 +19,15 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of its live descendants (`infer serve --workers N`)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return proc_cpu_seconds(pid) + sum(tree_cpu_seconds(int(child)) for child in children)
+
+
 def processes_matching(comm: str, cmdline_part: str = "") -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -71,7 +80,7 @@ class CpuMeter:
             own, machine = own_cpu_seconds(), machine_cpu_seconds()
             stores = self.stores()
         usage = {
-            "platform": proc_cpu_seconds(self.platform_pid),
+            "platform": tree_cpu_seconds(self.platform_pid),
             "simulator": proc_cpu_seconds(self.simulator_pid),
             "load generator": own,
             **stores,

@@ -43,8 +43,14 @@ async def run(options: Options, env: dict[str, str], database_url: str, workdir:
     database = None if options.sqlite else database_url.rsplit("/", 1)[1]
     command = shlex.split(options.platform_command) if options.platform_command else None
     platform_command = command or [sys.executable, "-m", "infer.cli"]
+    serve = ["serve", "--workers", str(options.workers)] if options.workers > 1 else ["serve"]
     several = len(options.clients) > 1
-    with services(env, workdir, platform_command) as (simulator, platform, sim_url, platform_url):
+    with services(env, workdir, platform_command, serve) as (
+        simulator,
+        platform,
+        sim_url,
+        platform_url,
+    ):
         buyer_key = await set_up(platform_url, sim_url, env, options.runtime)
         direct = Target("direct", sim_url + "/v1/chat/completions", {})
         infer = Target(

@@ -26,6 +26,7 @@ class Options:
     clients: tuple[str, ...]  # the load generator's HTTP clients; the first one sets targets
     shared_client: bool
     platform_command: str | None
+    workers: int
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
@@ -66,6 +67,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="start the platform with CMD instead of `python -m infer.cli` "
         "(CMD gets `serve --port P`), to measure a variant",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="platform processes (`infer serve --workers N`; above 1 needs Redis)",
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else (50 if args.quick else 200)
@@ -76,6 +83,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
     clients = tuple(dict.fromkeys((args.client or default_client).split(",")))
     if not set(clients) <= set(CLIENTS):
         parser.error(f"--client takes {' or '.join(CLIENTS)}, or both comma-separated")
+    if args.workers < 1 or (args.workers > 1 and (args.no_redis or args.sqlite)):
+        parser.error("--workers takes 1, or more with Redis (not with --no-redis or --sqlite)")
     if args.shared_client and "httpx" not in clients:
         parser.error("--shared-client is a setting of --client httpx")
     return Options(
@@ -91,4 +100,5 @@ def parse_options(argv: list[str] | None = None) -> Options:
         clients=clients,
         shared_client=args.shared_client,
         platform_command=args.platform_command,
+        workers=args.workers,
     )

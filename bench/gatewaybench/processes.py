@@ -75,7 +75,7 @@ class Service:
 
 @contextlib.contextmanager
 def services(
-    env: dict[str, str], workdir: Path, platform_command: list[str]
+    env: dict[str, str], workdir: Path, platform_command: list[str], serve: list[str]
 ) -> Iterator[tuple[Service, Service, str, str]]:
     """The simulator and the platform, ready: (simulator, platform, their two URLs)."""
     python = [sys.executable, "-m", "infer.cli"]
@@ -90,7 +90,7 @@ def services(
         )
         started.append(simulator)
         platform = Service(
-            "platform", [*platform_command, "serve", "--port", str(platform_port)], env, workdir
+            "platform", [*platform_command, *serve, "--port", str(platform_port)], env, workdir
         )
         started.append(platform)
         sim_url, platform_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{platform_port}"

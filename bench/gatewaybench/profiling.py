@@ -129,7 +129,7 @@ def py_spy(pid: int, output: Path) -> Iterator[None]:
     argv = [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw"]
     # --gil: only samples of Python actually running (py-spy takes a thread waiting in
     # uvloop's or a thread pool's C code for busy otherwise).
-    argv += ["--gil", "--full-filenames"]
+    argv += ["--gil", "--full-filenames", "--subprocesses"]  # the workers of --workers N
     recorder = subprocess.Popen(
         [*argv, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -128,6 +128,7 @@ def report(options: Options, rows: list[Row], billing: str, profile: str | None)
     )
     print(
         f"\n### Gateway overhead ({backend}{' + Redis' if options.redis else ''}, "
+        f"{options.workers} platform process{'es' if options.workers > 1 else ''}, "
         f"runtime {options.runtime}, {os.cpu_count()} cores, {options.seconds:g} s per row "
         f"after {options.warmup} warm-up requests, load generator {clients}; {revision()}, "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')})\n"
