@@ -195,8 +195,8 @@ class Completion:
         self.prompt_typical = prompt_typical
         self.max_tokens = max_tokens
         self.candidate: Candidate | None = None
-        self._stream: AsyncIterator[ChatChunk] | None = None
-        self._first: ChatChunk | None = None
+        self._stream: AsyncIterator[list[ChatChunk]] | None = None
+        self._first: list[ChatChunk] | None = None
         self._started = time.perf_counter()
         self._ttft_ms: float | None = None
         self.chunks_relayed = 0
@@ -219,7 +219,7 @@ class Completion:
             )
             await state.acquire(candidate.node_id)
             # The node's own name for the model (the buyer may have left out `:latest`).
-            stream = client.stream_chat(dataclasses.replace(self.request, model=candidate.model))
+            stream = client.stream_batches(dataclasses.replace(self.request, model=candidate.model))
             try:
                 first = await anext(stream)
             except (UpstreamError, StopAsyncIteration) as exc:
@@ -246,23 +246,24 @@ class Completion:
             return
         raise last_error or UpstreamError("no node could serve the request")
 
-    async def chunks(self) -> AsyncIterator[ChatChunk]:
-        """The answer's chunks, counted as they are relayed."""
+    async def batches(self) -> AsyncIterator[list[ChatChunk]]:
+        """The answer's chunks in the groups they arrived in, counted as they are relayed."""
         assert self._stream is not None
         assert self._first is not None
         yield self._count(self._first)
-        async for chunk in self._stream:
-            yield self._count(chunk)
+        async for batch in self._stream:
+            yield self._count(batch)
 
-    def _count(self, chunk: ChatChunk) -> ChatChunk:
-        if chunk.content:
-            self.chunks_relayed += 1
-            self.bytes_relayed += len(chunk.content.encode())
-        if chunk.finish_reason:
-            self.finish_reason = chunk.finish_reason
-        if chunk.usage is not None:
-            self._reported = chunk.usage
-        return chunk
+    def _count(self, batch: list[ChatChunk]) -> list[ChatChunk]:
+        for chunk in batch:
+            if chunk.content:
+                self.chunks_relayed += 1
+                self.bytes_relayed += len(chunk.content.encode())
+            if chunk.finish_reason:
+                self.finish_reason = chunk.finish_reason
+            if chunk.usage is not None:
+                self._reported = chunk.usage
+        return batch
 
     async def finish(self, *, status: str) -> settlement.Usage:
         """Close the upstream, meter, and settle; safe to call more than once."""
@@ -344,7 +345,7 @@ class Completion:
             log.error("could not settle request %s", self.request_id, exc_info=written.exception())
 
 
-async def _close(stream: AsyncIterator[ChatChunk]) -> None:
+async def _close(stream: AsyncIterator[list[ChatChunk]]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         with contextlib.suppress(UpstreamError):

@@ -102,23 +102,27 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
     try:
         finish = None
         sent_role = False
-        async for piece in completion.chunks():
-            finish = piece.finish_reason or finish
-            if not piece.content:
-                continue
-            delta = {"content": piece.content}
-            if not sent_role:
-                delta, sent_role = {"role": "assistant", **delta}, True
-            yield _sse(chunk(delta, None))
+        async for batch in completion.batches():
+            # The chunks that arrived together leave together: one write, not one each.
+            events = []
+            for piece in batch:
+                finish = piece.finish_reason or finish
+                if not piece.content:
+                    continue
+                delta = {"content": piece.content}
+                if not sent_role:
+                    delta, sent_role = {"role": "assistant", **delta}, True
+                events.append(_sse(chunk(delta, None)))
+            if events:
+                yield b"".join(events)
         status = "completed"
         await completion.finish(status=status)
         last = chunk({}, finish or "stop")
         if body.include_usage:
-            yield _sse(last)
-            yield _sse({**chunk({}, None), "choices": [], "usage": _usage(completion)})
+            usage = {**chunk({}, None), "choices": [], "usage": _usage(completion)}
+            yield _sse(last) + _sse(usage) + b"data: [DONE]\n\n"
         else:
-            yield _sse({**last, "usage": _usage(completion)})
-        yield b"data: [DONE]\n\n"
+            yield _sse({**last, "usage": _usage(completion)}) + b"data: [DONE]\n\n"
     except UpstreamError as error:
         status = "upstream_error"
         await completion.finish(status=status)
@@ -134,9 +138,10 @@ async def _whole(
     parts: list[str] = []
     finish = None
     try:
-        async for piece in completion.chunks():
-            parts.append(piece.content)
-            finish = piece.finish_reason or finish
+        async for batch in completion.batches():
+            for piece in batch:
+                parts.append(piece.content)
+                finish = piece.finish_reason or finish
     except UpstreamError as error:
         await completion.finish(status="upstream_error")
         return error_response(error, headers)

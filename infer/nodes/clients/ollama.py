@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from infer.errors import UpstreamError
 from infer.models import Runtime
@@ -97,7 +97,7 @@ class OllamaClient(RuntimeClient):
             version=optional_text(version, "version"),
         )
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def stream_batches(self, request: ChatRequest) -> AsyncGenerator[list[ChatChunk], None]:
         clock = StreamClock(self.deadlines)
         body = chat_body(request)
         last: ChatChunk | None = None
@@ -105,19 +105,33 @@ class OllamaClient(RuntimeClient):
             open_stream(
                 self, "/api/chat", body, clock=clock, accept=NDJSON, model=request.model
             ) as response,
-            contextlib.aclosing(read_lines(response, clock)) as lines,
+            contextlib.aclosing(read_lines(response, clock)) as batches,
         ):
-            async for line in lines:
-                if not line.strip():
-                    continue
-                chunk = parse_line(line)
-                if chunk.finish_reason:
-                    last = chunk
+            async for lines in batches:
+                texts: list[ChatChunk] = []
+                events = False
+                try:
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        chunk = parse_line(line)
+                        events = True
+                        if chunk.finish_reason:
+                            last = chunk
+                            break
+                        if chunk.content:
+                            texts.append(chunk)
+                except UpstreamError:
+                    if texts:
+                        yield texts
+                    raise
+                if texts:
+                    yield texts
+                if last is not None:
                     await drain(response)
                     break
-                if chunk.content:
-                    yield chunk
-                clock.mark_event()
+                if events:
+                    clock.mark_event()
         if last is None:
             raise UpstreamError("the node ended the stream before the answer was finished")
-        yield last
+        yield [last]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from infer.errors import UpstreamError
 from infer.models import Runtime
@@ -112,32 +112,46 @@ class OpenAICompatibleClient(RuntimeClient):
             latency_ms = (time.perf_counter() - started) * 1000
         return Probe(latency_ms=latency_ms, models=tuple(ModelInfo(name) for name in names))
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def stream_batches(self, request: ChatRequest) -> AsyncGenerator[list[ChatChunk], None]:
         clock = StreamClock(self.deadlines)
         body = chat_body(request, include_usage=self.include_usage)
         path = f"{self.api}/chat/completions"
         answer, decoder = _Answer(), EventDecoder()
         async with (
             open_stream(self, path, body, clock=clock, accept=SSE, model=request.model) as response,
-            contextlib.aclosing(read_lines(response, clock)) as lines,
+            contextlib.aclosing(read_lines(response, clock)) as batches,
         ):
             try:
-                async for line in lines:
-                    data = decoder.feed(line)
-                    if data is None:
-                        continue
-                    if text := answer.take(data):
-                        yield ChatChunk(content=text)
+                async for lines in batches:
+                    texts: list[ChatChunk] = []
+                    events = False
+                    try:
+                        for line in lines:
+                            data = decoder.feed(line)
+                            if data is None:
+                                continue
+                            events = True
+                            if text := answer.take(data):
+                                texts.append(ChatChunk(content=text))
+                            if answer.done:
+                                break
+                    except UpstreamError:
+                        if texts:
+                            yield texts
+                        raise
+                    if texts:
+                        yield texts
                     if answer.done:
                         await drain(response)
                         break
-                    clock.mark_event()
+                    if events:
+                        clock.mark_event()
                 else:
                     data = decoder.flush()
                     if data is not None and (text := answer.take(data)):
-                        yield ChatChunk(content=text)
+                        yield [ChatChunk(content=text)]
             except UpstreamError:
                 if answer.reason is None:
                     raise
                 # The answer was whole; only usage or [DONE] was still to come.
-        yield answer.last()
+        yield [answer.last()]

@@ -99,11 +99,13 @@ async def open_stream(
 
 async def read_lines(
     response: Response, clock: StreamClock, *, limit: int = MAX_LINE_BYTES
-) -> AsyncGenerator[bytes, None]:
-    """The body's lines without their line ends; a line longer than `limit` is an error.
+) -> AsyncGenerator[list[bytes], None]:
+    """The body's lines without their line ends, in the groups one read delivered.
 
-    It takes whatever the network has delivered (never waiting for a whole body) and
-    keeps at most one partial line, so memory stays under `limit` plus one read.
+    A group holds every whole line that arrived together, so a consumer can handle a
+    burst at once; a line longer than `limit` is an error (after the lines before it).
+    It never waits for a whole body and keeps at most one partial line, so memory stays
+    under `limit` plus one read.
     """
     buffer = b""
     while True:
@@ -118,14 +120,19 @@ async def read_lines(
             chunk = buffer + chunk
         lines = chunk.split(b"\n")
         buffer = lines.pop()
-        for line in lines:
+        for index, line in enumerate(lines):
             if len(line) > limit:
+                if index:
+                    yield lines[:index]
                 raise _too_long(limit)
-            yield line[:-1] if line.endswith(b"\r") else line
+            if line.endswith(b"\r"):
+                lines[index] = line[:-1]
+        if lines:
+            yield lines
         if len(buffer) > limit:
             raise _too_long(limit)
     if buffer:
-        yield buffer.removesuffix(b"\r")
+        yield [buffer.removesuffix(b"\r")]
 
 
 async def drain(response: Response) -> None:
