@@ -35,14 +35,24 @@ def free_port() -> int:
 
 
 class Service:
-    """A server subprocess in its own session (Ctrl+C reaches only us; we stop it)."""
+    """A server subprocess in its own session (Ctrl+C reaches only us; we stop it).
+
+    It runs in the run's temporary directory: `python -m` puts the working directory
+    first on sys.path, so started from a checkout it would import that checkout's
+    `infer`, whatever the interpreter has installed (a `--platform-command` variant too).
+    """
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], logs: Path) -> None:
         self.name = name
         self.log_path = logs / f"{name}.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                env=env,
+                cwd=logs,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     @property
