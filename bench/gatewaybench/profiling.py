@@ -46,11 +46,17 @@ def _area(path: str) -> str:
 STEPS = (
     ("database: holds", ("place_hold (", "place_holds (")),
     ("database: settlements", ("settle (infer/billing/settlement.py)", "settle_many (")),
-    ("database: group-commit task (holds and settlements)", ("GroupCommit._drain (",)),
+    ("group-commit tasks (holds, settlements, rate-limit pipelines)", ("GroupCommit._drain (",)),
     ("… commits", ("SessionTransaction.commit (",)),
     ("… pool checkout + pre-ping", ("_ConnectionFairy._checkout", "_async_ping")),
-    ("upstream call: httpx + stream parsing", ("Completion.connect (", "Completion.chunks (")),
-    ("rate limits: admit", ("admit (infer/keys/limits.py)",)),
+    (
+        "upstream call: node client + stream parsing",
+        ("Completion.connect (", "Completion.chunks (", "Completion.batches ("),
+    ),
+    (
+        "rate limits: admit (incl. its Redis pipeline)",
+        ("admit (infer/keys/limits.py)", "RedisCounters._run ("),
+    ),
     ("router state: snapshot/acquire/release", ("RouterState.",)),
     ("routing plan (catalog, scoring)", ("Router.plan (",)),
     ("API key authentication", ("KeyAuthenticator.authenticate (",)),
