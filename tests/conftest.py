@@ -14,6 +14,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import redis
+import redis.asyncio
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -53,8 +55,6 @@ def _services_reachable() -> str | None:
         asyncio.run(_pg_admin("SELECT 1"))
     except (OSError, asyncpg.PostgresError) as exc:
         return f"PostgreSQL unreachable: {exc}"
-    import redis
-
     try:
         redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
     except redis.RedisError as exc:
@@ -205,3 +205,22 @@ async def user_key(graphql: GraphQLClient) -> str:
     await graphql(SIGN_UP, {"e": "ann@example.com", "p": PASSWORD})
     body = await graphql(CREATE_KEY, {"n": "default"})
     return str(body["data"]["createApiKey"]["secret"])  # type: ignore[index]
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[tuple[redis.asyncio.Redis, str]]:
+    """A Redis client and a fresh key prefix; the prefix's keys are deleted afterwards."""
+    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as exc:
+        await client.aclose()
+        if REQUIRE_SERVICES:
+            pytest.fail(f"Redis unreachable: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+    prefix = f"infer-test-{uuid.uuid4().hex}"
+    yield client, prefix
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()

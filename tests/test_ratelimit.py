@@ -8,12 +8,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from conftest import REDIS_URL, REQUIRE_SERVICES
+from conftest import REDIS_URL
 from limits import parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from infer.accounts.principal import Principal
 from infer.errors import RateLimited
@@ -26,21 +25,8 @@ DEFAULTS = KeyLimits(requests_per_minute=600, tokens_per_minute=1_000_000)
 
 
 @pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    client = Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        if REQUIRE_SERVICES:
-            pytest.fail(f"Redis unreachable: {exc}")
-        pytest.skip(f"Redis unreachable: {exc}")
-    prefix = f"infer-test-{uuid.uuid4().hex}"
-    yield prefix
-    keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+def redis_prefix(redis_client: tuple[Redis, str]) -> str:
+    return redis_client[1]
 
 
 @pytest.fixture

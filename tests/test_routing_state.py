@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, REQUIRE_SERVICES
+from conftest import REDIS_URL
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -23,24 +23,6 @@ from infer.routing.state import EWMA_ALPHA
 
 Replicas = Callable[..., RedisRouterState]
 NO_RETRY = Retry(NoBackoff(), 0)
-
-
-@pytest.fixture
-async def redis_client() -> AsyncIterator[tuple[Redis, str]]:
-    client = Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        if REQUIRE_SERVICES:
-            pytest.fail(f"Redis unreachable: {exc}")
-        pytest.skip(f"Redis unreachable: {exc}")
-    prefix = f"infer-test-{uuid.uuid4().hex}"
-    yield client, prefix
-    keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @pytest.fixture
