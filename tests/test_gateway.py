@@ -421,6 +421,9 @@ async def test_rate_limited_keys_get_429_with_retry_after(
             )
             statuses.append(response.status_code)
             seen.append(response.headers)
+        # The refused request's hold (placed while its limit was checked) is given back.
+        await market.assert_books_balance()
+        assert len(await market.usage()) == 2
         await market.close()
     assert statuses == [200, 200, 429]
     assert [h.get("x-ratelimit-remaining-requests") for h in seen[:2]] == ["1", "0"]

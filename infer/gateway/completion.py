@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -77,6 +77,7 @@ class Completions:
         self.policy = policy
         self.accounts = AccountIds(db)
         self.writers = batches.Writers(db)
+        self._releases: set[asyncio.Task[None]] = set()
         # Concurrent requests share hold and settlement transactions (group commit).
         self.holds: GroupCommit[batches.HoldRequest, uuid.UUID] = GroupCommit(
             lambda requests: batches.place_holds(db, requests, writer=self.writers.holds)
@@ -88,6 +89,8 @@ class Completions:
     async def close(self) -> None:
         """Let the holds and settlements already submitted reach the database."""
         await self.holds.drained()
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
         await self.settlements.drained()
         await self.writers.close()
 
@@ -97,6 +100,8 @@ class Completions:
         Settlements are written after the answer is sent; a reader who wants to see
         its own completions (a balance, usage) waits here first, usually not at all.
         """
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
         if self.settlements.pending:
             await self.settlements.drained()
 
@@ -107,8 +112,14 @@ class Completions:
         request: ChatRequest,
         preferences: Preferences,
         request_id: str,
+        admission: Callable[[], Awaitable[None]] | None = None,
     ) -> Completion:
-        """Hold the worst case and get the first chunk from the best node that answers."""
+        """Hold the worst case and get the first chunk from the best node that answers.
+
+        `admission` (the rate-limit check) runs while the hold is being placed, so their
+        round trips overlap; both must pass before any node is called, and a refused
+        admission gives the hold back.
+        """
         max_tokens = request.max_tokens or self.policy.default_max_tokens
         contents = [m.content for m in request.messages]
         prompt_bound = estimate_prompt_tokens(contents)
@@ -128,9 +139,9 @@ class Completions:
             for c in attempts
         )
         account_id = await self.accounts.of(buyer.user_id)
-        hold_id = None
+        held: asyncio.Future[uuid.UUID] | None = None
         if worst_case > 0:
-            hold_id = await self.holds.submit(
+            held = self.holds.enqueue(
                 batches.HoldRequest(
                     account_id=account_id,
                     amount=worst_case,
@@ -138,6 +149,14 @@ class Completions:
                     expires_at=utcnow() + self.policy.hold_ttl,
                 )
             )
+        if admission is not None:
+            try:
+                await admission()
+            except BaseException:
+                if held is not None:
+                    held.add_done_callback(self._give_back)
+                raise
+        hold_id = None if held is None else await asyncio.shield(held)
         completion = Completion(
             self,
             buyer=buyer,
@@ -157,6 +176,14 @@ class Completions:
                     await settlement.release_hold(self.db, hold_id=hold_id)
             raise
         return completion
+
+    def _give_back(self, held: asyncio.Future[uuid.UUID]) -> None:
+        """Release a hold placed for a request that was refused meanwhile."""
+        if held.cancelled() or held.exception() is not None:
+            return
+        task = asyncio.ensure_future(settlement.release_hold(self.db, hold_id=held.result()))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     def token_of(self, candidate: Candidate) -> str | None:
         if candidate.token_ciphertext is None or candidate.token_key_version is None:

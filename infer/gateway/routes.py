@@ -41,19 +41,26 @@ async def chat_completions(request: Request) -> Response:
             max_tokens=body.requested_max_tokens() or resources.settings.default_max_tokens
         )
         expected = estimate_prompt_tokens(m.content for m in chat.messages)
-        headers |= await admit(
-            resources.limiter,
-            principal,
-            defaults=KeyLimits(
-                resources.settings.key_requests_per_minute, resources.settings.key_tokens_per_minute
-            ),
-            tokens=expected + (chat.max_tokens or 0),
-        )
+
+        async def admitted() -> None:
+            headers.update(
+                await admit(
+                    resources.limiter,
+                    principal,
+                    defaults=KeyLimits(
+                        resources.settings.key_requests_per_minute,
+                        resources.settings.key_tokens_per_minute,
+                    ),
+                    tokens=expected + (chat.max_tokens or 0),
+                )
+            )
+
         completion = await resources.completions.start(
             buyer=principal,
             request=chat,
             preferences=parse_preferences(body.provider),
             request_id=request_id,
+            admission=admitted,
         )
     except InferError as error:
         return error_response(error, headers)
