@@ -105,21 +105,26 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
 
+    # Every content event after the first differs only in its text: encode the rest once.
+    head, _, tail = _sse(chunk({"content": ""}, None)).partition(b'"content":""')
+    head += b'"content":'
     status = "client_disconnected"
     try:
         finish = None
         sent_role = False
         async for batch in completion.batches():
             # The chunks that arrived together leave together: one write, not one each.
-            events = []
+            events: list[bytes] = []
             for piece in batch:
                 finish = piece.finish_reason or finish
                 if not piece.content:
                     continue
-                delta = {"content": piece.content}
-                if not sent_role:
-                    delta, sent_role = {"role": "assistant", **delta}, True
-                events.append(_sse(chunk(delta, None)))
+                if sent_role:
+                    events += (head, json.dumps(piece.content).encode(), tail)
+                else:
+                    delta = {"role": "assistant", "content": piece.content}
+                    events.append(_sse(chunk(delta, None)))
+                    sent_role = True
             if events:
                 yield b"".join(events)
         status = "completed"
