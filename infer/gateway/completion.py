@@ -77,7 +77,6 @@ class Completions:
         self.policy = policy
         self.accounts = AccountIds(db)
         self.writers = batches.Writers(db)
-        self._releases: set[asyncio.Task[None]] = set()
         # Concurrent requests share hold and settlement transactions (group commit).
         self.holds: GroupCommit[batches.HoldRequest, uuid.UUID] = GroupCommit(
             lambda requests: batches.place_holds(db, requests, writer=self.writers.holds)
@@ -89,8 +88,6 @@ class Completions:
     async def close(self) -> None:
         """Let the holds and settlements already submitted reach the database."""
         await self.holds.drained()
-        if self._releases:
-            await asyncio.gather(*self._releases, return_exceptions=True)
         await self.settlements.drained()
         await self.writers.close()
 
@@ -100,8 +97,6 @@ class Completions:
         Settlements are written after the answer is sent; a reader who wants to see
         its own completions (a balance, usage) waits here first, usually not at all.
         """
-        if self._releases:
-            await asyncio.gather(*self._releases, return_exceptions=True)
         if self.settlements.pending:
             await self.settlements.drained()
 
@@ -154,7 +149,8 @@ class Completions:
                 await admission()
             except BaseException:
                 if held is not None:
-                    held.add_done_callback(self._give_back)
+                    with anyio.CancelScope(shield=True):
+                        await self._give_back(held)
                 raise
         hold_id = None if held is None else await asyncio.shield(held)
         completion = Completion(
@@ -177,13 +173,13 @@ class Completions:
             raise
         return completion
 
-    def _give_back(self, held: asyncio.Future[uuid.UUID]) -> None:
-        """Release a hold placed for a request that was refused meanwhile."""
-        if held.cancelled() or held.exception() is not None:
+    async def _give_back(self, held: asyncio.Future[uuid.UUID]) -> None:
+        """Release a hold placed for a request that was refused meanwhile (before answering)."""
+        try:
+            hold_id = await asyncio.shield(held)
+        except Exception:  # no hold was placed (too little money): nothing to give back
             return
-        task = asyncio.ensure_future(settlement.release_hold(self.db, hold_id=held.result()))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        await settlement.release_hold(self.db, hold_id=hold_id)
 
     def token_of(self, candidate: Candidate) -> str | None:
         if candidate.token_ciphertext is None or candidate.token_key_version is None:
