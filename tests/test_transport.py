@@ -13,8 +13,9 @@ import pytest
 
 from infer.errors import UpstreamError
 from infer.nodes.clients.base import Deadlines
+from infer.nodes.connection import READ_BUFFER_BYTES
 from infer.nodes.http import create_http_client
-from infer.nodes.transport import READ_BUFFER_BYTES, NodeHTTP
+from infer.nodes.transport import NodeHTTP
 
 ONE_READ = 256 << 10  # the most asyncio's socket transport hands a protocol at once
 SLACK = 1.0  # seconds a deadline may be overshot on a busy machine
