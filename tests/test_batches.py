@@ -192,3 +192,21 @@ async def test_reserved_funds_can_never_exceed_the_balance(db: Database) -> None
             await session.exec(  # type: ignore[call-overload]
                 sa.update(LedgerAccount).where(LedgerAccount.id == account_id).values(reserved=101)
             )
+
+
+async def test_queued_jobs_show_as_backlog_until_the_running_batch_ends() -> None:
+    release = asyncio.Event()
+
+    async def run(jobs: Sequence[int]) -> list[int | BaseException]:
+        await release.wait()
+        return list(jobs)
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+    first = group.enqueue(0)
+    await asyncio.sleep(0)  # the first batch starts and waits
+    rest = [group.enqueue(i) for i in range(1, 4)]
+    assert (group.pending, group.backlog) == (True, 3)
+    release.set()
+    await group.drained()
+    assert (group.pending, group.backlog) == (False, 0)
+    assert [f.result() for f in (first, *rest)] == [0, 1, 2, 3]
