@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # GraphiQL loads its assets from a CDN in development only; production serves none.
@@ -22,13 +21,15 @@ _CSP_DEVELOPMENT = (
 class SecurityHeaders:
     def __init__(self, app: ASGIApp, *, production: bool) -> None:
         self.app = app
-        self.headers = {
+        headers = {
             "content-security-policy": _CSP_PRODUCTION if production else _CSP_DEVELOPMENT,
             "x-content-type-options": "nosniff",
             "x-frame-options": "DENY",
             "referrer-policy": "strict-origin-when-cross-origin",
             "cross-origin-opener-policy": "same-origin",
         }
+        # Encoded once; added to every response that does not set its own.
+        self.raw = [(name.encode(), value.encode()) for name, value in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,9 +38,9 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self.headers.items():
-                    headers.setdefault(name, value)
+                raw = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in raw}
+                message["headers"] = raw + [pair for pair in self.raw if pair[0] not in present]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
