@@ -210,3 +210,20 @@ async def test_queued_jobs_show_as_backlog_until_the_running_batch_ends() -> Non
     await group.drained()
     assert (group.pending, group.backlog) == (False, 0)
     assert [f.result() for f in (first, *rest)] == [0, 1, 2, 3]
+
+
+async def test_a_lingering_group_commit_batches_jobs_that_come_a_little_apart() -> None:
+    batches: list[int] = []
+
+    async def run(jobs: Sequence[int]) -> list[int | BaseException]:
+        batches.append(len(jobs))
+        return list(jobs)
+
+    group: GroupCommit[int, int] = GroupCommit(run, linger=0.2)
+    futures = []
+    for i in range(3):
+        futures.append(group.enqueue(i))
+        await asyncio.sleep(0.01)
+    await group.drained()
+    assert batches == [3]
+    assert [f.result() for f in futures] == [0, 1, 2]

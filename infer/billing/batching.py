@@ -21,9 +21,18 @@ BatchRunner = Callable[[Sequence[J]], Awaitable[Sequence[R | BaseException]]]
 
 
 class GroupCommit(Generic[J, R]):
-    def __init__(self, run: BatchRunner[J, R], *, max_batch: int = 128) -> None:
+    """Jobs batched as they come; `linger` (seconds) lets a small batch wait for company.
+
+    Leave `linger` at 0 for jobs a caller waits on; give it to jobs nobody waits for
+    (settlements written after the answer), so that light load batches too.
+    """
+
+    def __init__(
+        self, run: BatchRunner[J, R], *, max_batch: int = 128, linger: float = 0.0
+    ) -> None:
         self._run = run
         self._max_batch = max_batch
+        self._linger = linger
         self._queue: list[tuple[J, asyncio.Future[R]]] = []
         self._worker: asyncio.Task[None] | None = None
 
@@ -53,6 +62,8 @@ class GroupCommit(Generic[J, R]):
     async def _drain(self) -> None:
         try:
             while self._queue:
+                if self._linger and len(self._queue) < self._max_batch:
+                    await asyncio.sleep(self._linger)
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 try:

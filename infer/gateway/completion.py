@@ -33,6 +33,7 @@ from infer.security.crypto import Keyring
 log = logging.getLogger(__name__)
 
 MAX_SETTLEMENT_BACKLOG = 256  # settlements queued before answers wait for the books
+SETTLEMENT_LINGER_SECONDS = 0.02  # how long a small batch of settlements waits for others
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,11 @@ class Completions:
         self.holds: GroupCommit[batches.HoldRequest, uuid.UUID] = GroupCommit(
             lambda requests: batches.place_holds(db, requests, writer=self.writers.holds)
         )
+        # Nobody waits for a settlement (it follows the answer), so a small batch waits
+        # a moment for others: light load shares transactions too.
         self.settlements: GroupCommit[batches.Settlement, None] = GroupCommit(
-            lambda items: batches.settle_many(db, items, writer=self.writers.settlements)
+            lambda items: batches.settle_many(db, items, writer=self.writers.settlements),
+            linger=SETTLEMENT_LINGER_SECONDS,
         )
 
     async def close(self) -> None:
