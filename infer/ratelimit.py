@@ -18,6 +18,7 @@ from typing import Protocol
 from limits import RateLimitItem, parse
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from infer.billing.batching import GroupCommit
@@ -166,23 +167,32 @@ class RedisCounters:
 
     async def _run(self, jobs: Sequence[_Job]) -> Sequence[list[int] | BaseException]:
         async with asyncio.timeout(self._timeout):
-            if self._connection is None:
-                pool = self._redis.connection_pool
-                self._connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        connection = self._connection
-        try:
-            async with asyncio.timeout(self._timeout):
-                replies = await self._send(connection, jobs)
-                if any(isinstance(r, NoScriptError) for r in replies):
-                    # Redis restarted or flushed its scripts (none of these ran): load it.
-                    await connection.send_command("SCRIPT", "LOAD", _COUNT_SCRIPT)
-                    await connection.read_response()
+            for attempt in (1, 2):
+                if self._connection is None:
+                    pool = self._redis.connection_pool
+                    self._connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+                connection = self._connection
+                try:
                     replies = await self._send(connection, jobs)
-                return replies
-        except BaseException:
-            self._connection = None
-            await connection.disconnect()
-            raise
+                    if any(isinstance(r, NoScriptError) for r in replies):
+                        # Redis restarted or flushed its scripts (none of these ran): load it.
+                        await connection.send_command("SCRIPT", "LOAD", _COUNT_SCRIPT)
+                        await connection.read_response()
+                        replies = await self._send(connection, jobs)
+                    return replies
+                except RedisConnectionError:
+                    # Redis closed the idle connection (its `timeout`, a restart): once more.
+                    await self._drop(connection)
+                    if attempt == 2:
+                        raise
+                except BaseException:
+                    await self._drop(connection)
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _drop(self, connection: AbstractConnection) -> None:
+        self._connection = None
+        await connection.disconnect()
 
     async def _send(
         self, connection: AbstractConnection, jobs: Sequence[_Job]

@@ -243,3 +243,16 @@ async def test_concurrent_calls_survive_redis_forgetting_its_scripts(
         return True
 
     assert sum(await asyncio.gather(*(attempt() for _ in range(20)))) == 10
+
+
+async def test_a_connection_redis_closed_while_idle_does_not_fail_the_next_request(
+    redis_client: tuple[Redis, str], made: list[RateLimiter]
+) -> None:
+    admin, prefix = redis_client
+    made.append(RateLimiter(RedisCounters.from_url(REDIS_URL, prefix=prefix)))
+    limiter, principal = made[-1], key(requests=10, tokens=10_000)
+    await admit(limiter, principal, defaults=DEFAULTS, tokens=100)
+    # As Redis's own `timeout` does to idle clients, or a restart: every other client goes.
+    await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    headers = await admit(limiter, principal, defaults=DEFAULTS, tokens=100)
+    assert headers["x-ratelimit-remaining-requests"] == "8"
