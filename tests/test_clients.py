@@ -17,6 +17,7 @@ from infer.models import Runtime
 from infer.nodes.clients import client_for
 from infer.nodes.clients.base import ChatChunk, ChatMessage, ChatRequest, Deadlines, Usage
 from infer.nodes.http import create_http_client
+from infer.nodes.transport import NodeHTTP
 from infer.simulator import SimulatorConfig, serve_in_thread, serve_simulator_in_thread
 
 DEADLINES = Deadlines(connect=2, first_byte=5, idle=5, total=30, health=5)
@@ -38,7 +39,7 @@ def ask(text: str = "Why is the sky blue?", **fields: Any) -> ChatRequest:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def http() -> AsyncIterator[NodeHTTP]:
     async with create_http_client(allow_private=True, deadlines=DEADLINES) as client:
         yield client
 
@@ -50,7 +51,7 @@ def fake(dialect: Dialect = "openai", **behaviour: Any) -> Iterator[tuple[FakeRu
         yield runtime, url
 
 
-def runtime_client(http: httpx.AsyncClient, dialect: Dialect, url: str, **kwargs: Any) -> Any:
+def runtime_client(http: NodeHTTP, dialect: Dialect, url: str, **kwargs: Any) -> Any:
     return client_for(RUNTIMES[dialect], http, base_url=url, **kwargs)
 
 
@@ -86,7 +87,7 @@ async def direct_ollama_chat(url: str, request: ChatRequest, options: dict[str, 
 
 
 async def test_ollama_probe_reports_version_models_and_what_is_loaded(
-    http: httpx.AsyncClient,
+    http: NodeHTTP,
 ) -> None:
     with serve_simulator_in_thread(SimulatorConfig(models=(MODEL, "qwen2.5:7b"))) as url:
         client = client_for(Runtime.OLLAMA, http, base_url=url, deadlines=DEADLINES)
@@ -99,7 +100,7 @@ async def test_ollama_probe_reports_version_models_and_what_is_loaded(
     assert [(m.name, m.loaded) for m in after.models] == [(MODEL, True), ("qwen2.5:7b", False)]
 
 
-async def test_ollama_relays_exactly_what_a_direct_call_returns(http: httpx.AsyncClient) -> None:
+async def test_ollama_relays_exactly_what_a_direct_call_returns(http: NodeHTTP) -> None:
     request = ask(seed=42, temperature=0.2)
     with serve_simulator_in_thread(SimulatorConfig(models=(MODEL,))) as url:
         direct = await direct_ollama_chat(url, request, {"seed": 42})
@@ -110,7 +111,7 @@ async def test_ollama_relays_exactly_what_a_direct_call_returns(http: httpx.Asyn
     assert all(c.finish_reason is None for c in chunks[:-1])
 
 
-async def test_ollama_honours_max_tokens(http: httpx.AsyncClient) -> None:
+async def test_ollama_honours_max_tokens(http: NodeHTTP) -> None:
     request = ask(seed=3, max_tokens=5)
     with serve_simulator_in_thread(SimulatorConfig(models=(MODEL,))) as url:
         direct = await direct_ollama_chat(url, request, {"seed": 3, "num_predict": 5})
@@ -121,7 +122,7 @@ async def test_ollama_honours_max_tokens(http: httpx.AsyncClient) -> None:
 
 
 async def test_ollama_first_byte_deadline_gives_upstream_timeout(
-    http: httpx.AsyncClient,
+    http: NodeHTTP,
 ) -> None:
     with serve_simulator_in_thread(SimulatorConfig(hang=True)) as url:
         client = client_for("ollama", http, base_url=url, deadlines=SHORT)
@@ -131,7 +132,7 @@ async def test_ollama_first_byte_deadline_gives_upstream_timeout(
     assert time.monotonic() - started < SHORT.first_byte + SLACK
 
 
-async def test_ollama_drop_mid_stream_is_an_upstream_error(http: httpx.AsyncClient) -> None:
+async def test_ollama_drop_mid_stream_is_an_upstream_error(http: NodeHTTP) -> None:
     chunks: list[ChatChunk] = []
     with serve_simulator_in_thread(SimulatorConfig(drop_after_tokens=3)) as url:
         client = client_for("ollama", http, base_url=url, deadlines=SHORT)
@@ -141,7 +142,7 @@ async def test_ollama_drop_mid_stream_is_an_upstream_error(http: httpx.AsyncClie
     assert len(chunks) == 3
 
 
-async def test_ollama_500_does_not_echo_the_body(http: httpx.AsyncClient) -> None:
+async def test_ollama_500_does_not_echo_the_body(http: NodeHTTP) -> None:
     with (
         serve_simulator_in_thread(SimulatorConfig(error_rate=1)) as url,
         pytest.raises(UpstreamError) as caught,
@@ -150,7 +151,7 @@ async def test_ollama_500_does_not_echo_the_body(http: httpx.AsyncClient) -> Non
     assert caught.value.message == "the node answered HTTP 500 to /api/chat"
 
 
-async def test_ollama_unknown_model_is_an_upstream_error(http: httpx.AsyncClient) -> None:
+async def test_ollama_unknown_model_is_an_upstream_error(http: NodeHTTP) -> None:
     client_request = ask(model="nope:1b")
     with (
         serve_simulator_in_thread() as url,
@@ -162,7 +163,7 @@ async def test_ollama_unknown_model_is_an_upstream_error(http: httpx.AsyncClient
 # --- Exo and OpenAI-compatible servers ------------------------------------------------------
 
 
-async def test_exo_relays_text_and_usage_from_the_finish_chunk(http: httpx.AsyncClient) -> None:
+async def test_exo_relays_text_and_usage_from_the_finish_chunk(http: NodeHTTP) -> None:
     with fake("exo") as (runtime, url):
         chunks = await collect(runtime_client(http, "exo", url).stream_chat(ask(temperature=0.5)))
     assert text_of(chunks) == "".join(runtime.pieces)
@@ -174,7 +175,7 @@ async def test_exo_relays_text_and_usage_from_the_finish_chunk(http: httpx.Async
 
 
 async def test_exo_probe_offers_the_models_with_a_running_instance(
-    http: httpx.AsyncClient,
+    http: NodeHTTP,
 ) -> None:
     with fake("exo", models=("a", "b"), running=("b",)) as (_, url):
         probe = await runtime_client(http, "exo", url).probe()
@@ -182,14 +183,14 @@ async def test_exo_probe_offers_the_models_with_a_running_instance(
 
 
 async def test_exo_probe_without_instance_listing_offers_the_model_list(
-    http: httpx.AsyncClient,
+    http: NodeHTTP,
 ) -> None:
     with fake("exo", models=("a", "b")) as (_, url):
         probe = await runtime_client(http, "exo", url).probe()
     assert [(m.name, m.loaded) for m in probe.models] == [("a", False), ("b", False)]
 
 
-async def test_exo_probe_falls_back_to_healthcheck(http: httpx.AsyncClient) -> None:
+async def test_exo_probe_falls_back_to_healthcheck(http: NodeHTTP) -> None:
     with fake("exo", legacy=True) as (runtime, url):
         probe = await runtime_client(http, "exo", url).probe()
     assert probe.models == ()
@@ -197,7 +198,7 @@ async def test_exo_probe_falls_back_to_healthcheck(http: httpx.AsyncClient) -> N
 
 
 async def test_exo_keepalive_comments_do_not_count_as_a_first_byte(
-    http: httpx.AsyncClient,
+    http: NodeHTTP,
 ) -> None:
     with fake("exo", fault="comments_only") as (_, url):
         started = time.monotonic()
@@ -207,7 +208,7 @@ async def test_exo_keepalive_comments_do_not_count_as_a_first_byte(
 
 
 async def test_openai_asks_for_usage_and_reads_it_from_the_final_chunk(
-    http: httpx.AsyncClient,
+    http: NodeHTTP,
 ) -> None:
     with fake("openai") as (runtime, url):
         chunks = await collect(runtime_client(http, "openai", url).stream_chat(ask()))
@@ -216,14 +217,14 @@ async def test_openai_asks_for_usage_and_reads_it_from_the_final_chunk(
     assert runtime.chats()[0].json()["stream_options"] == {"include_usage": True}
 
 
-async def test_openai_without_usage_reports_none(http: httpx.AsyncClient) -> None:
+async def test_openai_without_usage_reports_none(http: NodeHTTP) -> None:
     with fake("openai", usage=False) as (runtime, url):
         chunks = await collect(runtime_client(http, "openai", url).stream_chat(ask()))
     assert text_of(chunks) == "".join(runtime.pieces)
     assert chunks[-1] == ChatChunk(finish_reason="stop", usage=None)
 
 
-async def test_openai_base_url_may_end_in_v1(http: httpx.AsyncClient) -> None:
+async def test_openai_base_url_may_end_in_v1(http: NodeHTTP) -> None:
     with fake("openai", models=("m1",)) as (runtime, url):
         client = runtime_client(http, "openai", f"{url}/v1")
         probe = await client.probe()
@@ -233,7 +234,7 @@ async def test_openai_base_url_may_end_in_v1(http: httpx.AsyncClient) -> None:
 
 
 @ALL_DIALECTS
-async def test_max_tokens_is_honoured(http: httpx.AsyncClient, dialect: Dialect) -> None:
+async def test_max_tokens_is_honoured(http: NodeHTTP, dialect: Dialect) -> None:
     with fake(dialect) as (runtime, url):
         chunks = await collect(runtime_client(http, dialect, url).stream_chat(ask(max_tokens=2)))
     assert text_of(chunks) == "".join(runtime.pieces[:2])
@@ -241,9 +242,7 @@ async def test_max_tokens_is_honoured(http: httpx.AsyncClient, dialect: Dialect)
 
 
 @ALL_DIALECTS
-async def test_bearer_token_goes_with_every_request(
-    http: httpx.AsyncClient, dialect: Dialect
-) -> None:
+async def test_bearer_token_goes_with_every_request(http: NodeHTTP, dialect: Dialect) -> None:
     with fake(dialect) as (runtime, url):
         client = runtime_client(http, dialect, url, token="node-token-1")
         await client.probe()
@@ -275,7 +274,7 @@ async def test_bearer_token_goes_with_every_request(
     ],
 )
 async def test_a_bad_answer_is_an_upstream_error(
-    http: httpx.AsyncClient, dialect: Dialect, fault: Any, message: str
+    http: NodeHTTP, dialect: Dialect, fault: Any, message: str
 ) -> None:
     with (
         fake(dialect, fault=fault) as (runtime, url),
@@ -288,7 +287,7 @@ async def test_a_bad_answer_is_an_upstream_error(
 
 
 @ALL_DIALECTS
-async def test_probe_does_not_follow_a_redirect(http: httpx.AsyncClient, dialect: Dialect) -> None:
+async def test_probe_does_not_follow_a_redirect(http: NodeHTTP, dialect: Dialect) -> None:
     with (
         fake(dialect, fault="redirect") as (runtime, url),
         pytest.raises(UpstreamError, match="HTTP 302"),
@@ -298,9 +297,7 @@ async def test_probe_does_not_follow_a_redirect(http: httpx.AsyncClient, dialect
 
 
 @ALL_DIALECTS
-async def test_500_message_does_not_echo_the_body(
-    http: httpx.AsyncClient, dialect: Dialect
-) -> None:
+async def test_500_message_does_not_echo_the_body(http: NodeHTTP, dialect: Dialect) -> None:
     with (
         fake(dialect, fault="error_500") as (_, url),
         pytest.raises(UpstreamError, match="HTTP 500") as caught,
@@ -310,9 +307,7 @@ async def test_500_message_does_not_echo_the_body(
 
 
 @pytest.mark.parametrize("dialect", ["exo", "openai"])
-async def test_hang_before_headers_gives_upstream_timeout(
-    http: httpx.AsyncClient, dialect: Dialect
-) -> None:
+async def test_hang_before_headers_gives_upstream_timeout(http: NodeHTTP, dialect: Dialect) -> None:
     with fake(dialect, fault="hang") as (_, url):
         client = runtime_client(http, dialect, url, deadlines=SHORT)
         started = time.monotonic()
@@ -325,7 +320,7 @@ async def test_hang_before_headers_gives_upstream_timeout(
 
 @ALL_DIALECTS
 async def test_bytes_that_never_make_an_event_hit_the_first_byte_deadline(
-    http: httpx.AsyncClient, dialect: Dialect
+    http: NodeHTTP, dialect: Dialect
 ) -> None:
     with fake(dialect, fault="drip") as (_, url):
         started = time.monotonic()
@@ -335,7 +330,7 @@ async def test_bytes_that_never_make_an_event_hit_the_first_byte_deadline(
 
 
 @ALL_DIALECTS
-async def test_silence_mid_stream_is_a_stall(http: httpx.AsyncClient, dialect: Dialect) -> None:
+async def test_silence_mid_stream_is_a_stall(http: NodeHTTP, dialect: Dialect) -> None:
     chunks: list[ChatChunk] = []
     with fake(dialect, fault="stall") as (_, url):
         client = runtime_client(http, dialect, url, deadlines=SHORT)
@@ -347,7 +342,7 @@ async def test_silence_mid_stream_is_a_stall(http: httpx.AsyncClient, dialect: D
 
 @ALL_DIALECTS
 async def test_silence_after_the_finish_keeps_the_whole_answer(
-    http: httpx.AsyncClient, dialect: Dialect
+    http: NodeHTTP, dialect: Dialect
 ) -> None:
     with fake(dialect, fault="linger") as (_, url):
         client = runtime_client(http, dialect, url, deadlines=SHORT)
@@ -357,9 +352,7 @@ async def test_silence_after_the_finish_keeps_the_whole_answer(
 
 
 @ALL_DIALECTS
-async def test_total_deadline_ends_an_endless_answer(
-    http: httpx.AsyncClient, dialect: Dialect
-) -> None:
+async def test_total_deadline_ends_an_endless_answer(http: NodeHTTP, dialect: Dialect) -> None:
     deadlines = Deadlines(first_byte=0.5, idle=0.5, total=1.0, health=0.5)
     chunks: list[ChatChunk] = []
     with fake(dialect, fault="endless_events") as (_, url):
@@ -373,7 +366,7 @@ async def test_total_deadline_ends_an_endless_answer(
 
 
 @pytest.mark.parametrize("dialect", ["exo", "openai"])
-async def test_an_endless_probe_body_is_capped(http: httpx.AsyncClient, dialect: Dialect) -> None:
+async def test_an_endless_probe_body_is_capped(http: NodeHTTP, dialect: Dialect) -> None:
     with (
         fake(dialect, fault="huge_probe") as (_, url),
         pytest.raises(UpstreamError, match="larger than 4 MiB"),
@@ -398,7 +391,7 @@ async def test_the_guard_refuses_loopback_without_allow_private(dialect: Dialect
 
 @ALL_DIALECTS
 async def test_closing_the_stream_disconnects_the_upstream(
-    http: httpx.AsyncClient, dialect: Dialect
+    http: NodeHTTP, dialect: Dialect
 ) -> None:
     with fake(dialect, pieces=("x",) * 200, interval=0.02) as (runtime, url):
         stream = runtime_client(http, dialect, url).stream_chat(ask())
@@ -410,7 +403,7 @@ async def test_closing_the_stream_disconnects_the_upstream(
 
 @ALL_DIALECTS
 async def test_cancelling_the_consumer_disconnects_the_upstream(
-    http: httpx.AsyncClient, dialect: Dialect
+    http: NodeHTTP, dialect: Dialect
 ) -> None:
     chunks: list[ChatChunk] = []
     with fake(dialect, pieces=("x",) * 200, interval=0.02) as (runtime, url):
@@ -426,7 +419,7 @@ async def test_cancelling_the_consumer_disconnects_the_upstream(
 
 @ALL_DIALECTS
 async def test_a_whole_answer_leaves_the_connection_reusable(
-    http: httpx.AsyncClient, dialect: Dialect
+    http: NodeHTTP, dialect: Dialect
 ) -> None:
     with fake(dialect) as (runtime, url):
         client = runtime_client(http, dialect, url)
@@ -436,9 +429,7 @@ async def test_a_whole_answer_leaves_the_connection_reusable(
 
 
 @ALL_DIALECTS
-async def test_a_whole_answer_is_not_a_disconnect(
-    http: httpx.AsyncClient, dialect: Dialect
-) -> None:
+async def test_a_whole_answer_is_not_a_disconnect(http: NodeHTTP, dialect: Dialect) -> None:
     with fake(dialect) as (runtime, url):
         await collect(runtime_client(http, dialect, url).stream_chat(ask()))
         await asyncio.sleep(0.1)
