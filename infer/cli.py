@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         # Each worker process builds the app from the same environment (and secrets file).
         uvicorn.run("infer.app:app_from_environment", factory=True, workers=args.workers, **options)
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, freeze_heap=True), **options)
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
