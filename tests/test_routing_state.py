@@ -84,17 +84,6 @@ async def test_releases_update_the_latency_ewmas(state: RouterState) -> None:
     assert stats.tokens_per_second_ewma == pytest.approx(50.0)
 
 
-async def test_a_health_check_seeds_latency_only_until_traffic_measures_it(
-    state: RouterState,
-) -> None:
-    node = uuid.uuid4()
-    await state.seed(node, 40.0)
-    assert (await settled(state, node)).ttft_ms_ewma == pytest.approx(40.0)
-    await state.release(node, ok=True, ttft_ms=140.0)
-    await state.seed(node, 10.0)
-    assert (await settled(state, node)).ttft_ms_ewma == pytest.approx(60.0)
-
-
 async def test_a_failure_raises_errors_and_cools_the_node_down(state: RouterState) -> None:
     node = uuid.uuid4()
     await state.acquire(node)

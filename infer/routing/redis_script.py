@@ -19,8 +19,8 @@ from infer.routing.state import (
 # KEYS[3..] the hashes of the nodes this replica knows.
 # ARGV[1] replica, [2] node key TTL, [3] replica TTL, [4] forget replicas after,
 # [5] call sequence, [6] counts "i n ..." (i = 1-based node), [7] first event's sequence,
-# [8] events "i kind a b ..." (kind 1 ok, 0 failure: a ttft, b tokens/s; s seed: a
-# latency; "-" for none), [9] "1" if the replica is leaving.
+# [8] events "i kind a b ..." (kind 1 ok, 0 failure: a ttft, b tokens/s; "-" for none),
+# [9] "1" if the replica is leaving.
 # Returns one string, which parses far faster in Python than nested arrays: server time,
 # then per node "others ttft tps err err_at cool fails" ("-" where unset), "|" between.
 SYNC = f"""
@@ -86,11 +86,7 @@ for i, kind, a, b in string.gmatch(ARGV[8], '(%d+) (%S+) (%S+) (%S+)') do
   seq = seq + 1
   if seq > last then
     local k = tonumber(i) + 2
-    if kind == 's' then
-      redis.call('HSETNX', KEYS[k], 'ttft', a)
-    else
-      outcome(KEYS[k], kind == '1', a, b)
-    end
+    outcome(KEYS[k], kind == '1', a, b)
     touched[k] = true
   end
 end

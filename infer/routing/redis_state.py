@@ -1,6 +1,6 @@
 """Router state shared by replicas through Redis, answered from memory and synced behind.
 
-The request path does no I/O: `snapshot`, `acquire`, `release` and `seed` read and
+The request path does no I/O: `snapshot`, `acquire` and `release` read and
 update this replica's view of the nodes in memory, with the math of `MemoryRouterState`,
 and queue each outcome. A background task (started on first use, or by `start()`)
 sends the queue and this replica's in-flight counts to Redis in one Lua call and takes
@@ -57,13 +57,13 @@ class _View(NodeFigures):
 
 
 class _Event(NamedTuple):
-    """An outcome (kind "1" ok, "0" failure) or a seed ("s") not acknowledged by Redis yet."""
+    """An outcome (kind "1" ok, "0" failure) not acknowledged by Redis yet."""
 
     seq: int
     node_id: uuid.UUID
     kind: str
     at: float
-    first: float | None  # ttft, or a seed's latency
+    first: float | None  # ttft
     second: float | None  # tokens per second
 
 
@@ -176,11 +176,6 @@ class RedisRouterState:
         now = self._clock()
         view.record(ok=ok, ttft_ms=ttft, tokens_per_second=tps, now=now)
         self._queue(node_id, "1" if ok else "0", now, ttft, tps)
-
-    async def seed(self, node_id: uuid.UUID, latency_ms: float) -> None:
-        latency = _finite(latency_ms)
-        if latency is not None and self._view(node_id).seed(latency):
-            self._queue(node_id, "s", self._clock(), latency, None)
 
     def _view(self, node_id: uuid.UUID) -> _View:
         view = self._views.get(node_id)
@@ -340,16 +335,12 @@ class RedisRouterState:
 
     @staticmethod
     def _replay(view: _View, event: _Event) -> None:
-        if event.kind == "s":
-            if event.first is not None:
-                view.seed(event.first)
-        else:
-            view.record(
-                ok=event.kind == "1",
-                ttft_ms=event.first,
-                tokens_per_second=event.second,
-                now=event.at,
-            )
+        view.record(
+            ok=event.kind == "1",
+            ttft_ms=event.first,
+            tokens_per_second=event.second,
+            now=event.at,
+        )
 
     def _forget_stale(self, now: float) -> None:
         cutoff = now - FORGET_NODE_SECONDS

@@ -51,10 +51,6 @@ class RouterState(Protocol):
         """A request to this node ended; record how it went."""
         ...
 
-    async def seed(self, node_id: uuid.UUID, latency_ms: float) -> None:
-        """A health check's latency, used as TTFT until real traffic measures one."""
-        ...
-
     async def close(self) -> None:
         """Flush what is not shared yet and release connections, in bounded time."""
         ...
@@ -105,13 +101,6 @@ class NodeFigures:
             self.failures += 1
             self.cooldown_until = max(self.cooldown_until, now + cooldown_seconds(self.failures))
         self.error, self.error_at = error, now
-
-    def seed(self, latency_ms: float) -> bool:
-        """Take a health check's latency as TTFT if traffic has not measured one; True if taken."""
-        if self.ttft_ms is not None:
-            return False
-        self.ttft_ms = latency_ms
-        return True
 
     def stats(self, now: float, *, in_flight: int) -> NodeStats:
         return NodeStats(
@@ -167,9 +156,6 @@ class MemoryRouterState:
         figures.record(
             ok=ok, ttft_ms=ttft_ms, tokens_per_second=tokens_per_second, now=self._clock()
         )
-
-    async def seed(self, node_id: uuid.UUID, latency_ms: float) -> None:
-        self._figures(node_id).seed(latency_ms)
 
     async def close(self) -> None:
         return None
