@@ -20,6 +20,7 @@ Dialect = Literal["openai", "exo", "ollama"]
 Fault = Literal[
     "bad_json",  # the first event is not JSON
     "wrong_types",  # content is a number
+    "not_strict_json",  # a piece, then an event whose content is NaN (Python's json writes it)
     "error_event",  # a piece of text, then an error object in the stream
     "truncated",  # two pieces, then the body ends cleanly but without a finish
     "endless_line",  # 200, then one line that never ends
@@ -163,6 +164,9 @@ class FakeRuntime:
         if self.fault == "bad_json":
             broken = frame(None)
             yield broken[: len(broken) // 2] + b"\n\n"
+        elif self.fault == "not_strict_json":
+            yield frame("one")
+            yield frame(float("nan"))
         elif self.fault in ("wrong_types", "error_event", "truncated", "stall", "linger"):
             yield frame("one")
             if self.fault == "wrong_types":

@@ -265,6 +265,7 @@ async def test_bearer_token_goes_with_every_request(http: NodeHTTP, dialect: Dia
     ("fault", "message"),
     [
         ("bad_json", "invalid JSON"),
+        ("not_strict_json", "invalid JSON"),
         ("wrong_types", "content is not a string"),
         ("error_event", "reported an error"),
         ("truncated", "before the answer was finished"),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -90,7 +90,7 @@ def _usage(completion: Completion) -> dict[str, object]:
 
 
 def _sse(payload: object) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIterator[bytes]:
@@ -120,7 +120,7 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
                 if not piece.content:
                     continue
                 if sent_role:
-                    events += (head, json.dumps(piece.content).encode(), tail)
+                    events += (head, orjson.dumps(piece.content), tail)
                 else:
                     delta = {"role": "assistant", "content": piece.content}
                     events.append(_sse(chunk(delta, None)))
@@ -159,7 +159,7 @@ async def _whole(
         return error_response(error, headers)
     finally:
         await completion.finish(status="completed" if finish else "client_disconnected")
-    return JSONResponse(
+    answer = orjson.dumps(
         {
             "id": _id(completion),
             "object": "chat.completion",
@@ -173,9 +173,9 @@ async def _whole(
                 }
             ],
             "usage": _usage(completion),
-        },
-        headers=headers,
+        }
     )
+    return Response(answer, headers=headers, media_type="application/json")
 
 
 async def list_models(request: Request) -> Response:

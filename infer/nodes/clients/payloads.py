@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from infer.errors import UpstreamError
 from infer.nodes.clients.base import ChatRequest, Usage
@@ -18,10 +19,13 @@ def malformed(what: str) -> UpstreamError:
 
 
 def parse_json(data: bytes | str) -> object:
-    """Decode one JSON document; bad UTF-8, bad syntax or absurd nesting is an UpstreamError."""
+    """Decode one JSON document; an UpstreamError if it is not strict JSON.
+
+    Bad UTF-8, bad syntax, nesting past 1024 levels, NaN or Infinity.
+    """
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:  # a ValueError, as stdlib json's
         raise malformed("invalid JSON") from exc
 
 
