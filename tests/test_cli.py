@@ -25,8 +25,12 @@ def _env(settings: Settings, cwd: Path) -> dict[str, str]:
 
 
 def _infer(settings: Settings, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return _python(settings, "-m", "infer.cli", *args, cwd=cwd)
+
+
+def _python(settings: Settings, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infer.cli", *args],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         env=_env(settings, cwd),
@@ -168,15 +172,7 @@ def test_a_serving_process_exempts_its_startup_heap_from_collection(
     # A full collection walking the ~170k start-up objects stalled every request in
     # flight for 70-95 ms (docs/performance.md); `infer serve` freezes them once started.
     assert _infer(settings, "migrate", cwd=tmp_path).returncode == 0
-    done = subprocess.run(
-        [sys.executable, "-c", FROZEN_AFTER_STARTUP, role],
-        capture_output=True,
-        text=True,
-        env=_env(settings, tmp_path),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    done = _python(settings, "-c", FROZEN_AFTER_STARTUP, role, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     frozen = int(done.stdout)
     if role == "serve":
