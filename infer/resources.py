@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 LAST_USED_FLUSH_SECONDS = 30.0
 HOLD_SWEEP_SECONDS = 60.0
+STOP_GRACE_SECONDS = 5.0  # background work in progress may finish; then it is cancelled
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Resources:
     completions: Completions
     key_changes: KeyChanges
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _listener: asyncio.Task[None] | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -114,32 +117,52 @@ class Resources:
         self._tasks.append(asyncio.create_task(self._flush_last_used_forever()))
         self._tasks.append(asyncio.create_task(self.monitor.run_forever()))
         self._tasks.append(asyncio.create_task(self._expire_holds_forever()))
-        self._tasks.append(asyncio.create_task(self.key_changes.listen_forever()))
+        self._listener = asyncio.create_task(self.key_changes.listen_forever())
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Wait this long, or less if the process is stopping; True if it is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        return self._stopping.is_set()
 
     async def _flush_last_used_forever(self) -> None:
-        while True:
-            await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
+        while not await self._stopped_within(LAST_USED_FLUSH_SECONDS):
             try:
                 await self.authenticator.flush_last_used()
             except Exception:  # a failed flush must not end the loop; retried next round
                 log.exception("could not record API key last-used times")
 
     async def _expire_holds_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await expire_holds(self.db)
             except Exception:  # retried next round
                 log.exception("could not expire stale holds")
-            await asyncio.sleep(HOLD_SWEEP_SECONDS)
+            await self._stopped_within(HOLD_SWEEP_SECONDS)
 
-    async def close(self) -> None:
+    async def _stop_background(self) -> None:
+        """Ask the loops to end after the step in hand; cancel what is still busy after 5 s.
+
+        A step cancelled in the middle of a query leaves its connection to be torn down
+        behind the event loop's back, so shutdown lets the step finish first.
+        """
+        self._stopping.set()
+        self.monitor.stop()
         self.key_changes.stop()
-        for task in self._tasks:
+        busy: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            _, busy = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)
+        if self._listener is not None:
+            busy.add(self._listener)  # it only waits on Redis: no need to let it finish
+        for task in busy:
             task.cancel()
-        for task in self._tasks:
+        for task in busy:
             # A background task that ignores its cancellation must not hold up shutdown.
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, timeout=5)
+                await asyncio.wait_for(task, timeout=STOP_GRACE_SECONDS)
+
+    async def close(self) -> None:
+        await self._stop_background()
         try:
             await self.completions.close()
             await self.authenticator.flush_last_used()

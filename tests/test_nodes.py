@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,7 @@ import pytest
 from conftest import PASSWORD, SIGN_UP, GraphQLClient, http_client, started
 from runtimes import FakeRuntime
 from sqlmodel import select
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from infer.config import Settings
 from infer.db import Database
@@ -237,6 +238,47 @@ async def test_two_replicas_check_each_node_once_per_interval(
     assert checks <= 1 + elapsed / interval + 1
     # The checks keep coming (a busy machine may delay some; the bound above is the point).
     assert checks >= 3
+
+
+class SlowSecondProbe:
+    """An Ollama model list that answers the first probe at once and later ones in 1 s."""
+
+    def __init__(self) -> None:
+        self.probes = 0
+        self.slow_probe_started = threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        if scope["path"] != "/api/tags":  # /api/version and /api/ps are optional
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        self.probes += 1
+        if self.probes > 1:
+            self.slow_probe_started.set()
+            await asyncio.sleep(1.0)
+        body = b'{"models": [{"name": "llama3.2:1b", "model": "llama3.2:1b"}]}'
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def test_a_health_check_in_progress_at_shutdown_is_recorded(
+    settings: Settings, db: Database
+) -> None:
+    # Shutdown lets the sweep in hand finish instead of cancelling it mid-transaction.
+    runtime = SlowSecondProbe()
+    fast = settings.model_copy(update={"health_interval": 0.2})
+    with serve_in_thread(runtime) as url:
+        async with started(fast) as (app, _), http_client(app) as http:
+            graphql = GraphQLClient(http)
+            await graphql(SIGN_UP, {"e": "ann@example.com", "p": PASSWORD})
+            await graphql(REGISTER, {"input": _input(url)})
+            await asyncio.to_thread(runtime.slow_probe_started.wait, 10)
+        # The app has shut down while the second probe was waiting on the node.
+    async with db.session() as session:
+        checks = (await session.exec(select(HealthCheck))).all()
+    assert runtime.probes == 2
+    assert [check.ok for check in checks] == [True, True]
 
 
 async def test_operators_read_and_clear_their_node_notifications(

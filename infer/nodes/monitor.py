@@ -54,12 +54,18 @@ class HealthMonitor:
         self._wake = asyncio.Event()
         self._last_prune = 0.0
         self._on_change = on_change
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self) -> None:
+        """End `run_forever` once the sweep in hand (if any) is recorded."""
+        self._stopping = True
+        self._wake.set()
+
     async def run_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.sweep()
                 await self._prune()
@@ -67,6 +73,8 @@ class HealthMonitor:
             except Exception:  # the monitor must outlive any one bad sweep
                 log.exception("health sweep failed")
                 delay = self.interval
+            if self._stopping:
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.05))
