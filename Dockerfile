@@ -7,21 +7,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN useradd --system --uid 10001 --user-group --home-dir /data --create-home infer
 
-WORKDIR /app
-
 # Dependencies first, from pyproject.toml alone, so code changes reuse this layer.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+    && rm /tmp/requirements.txt /tmp/pyproject.toml
 
-# Editable on purpose: migrations/, ui/ and graphql/ live beside infer/ at the
-# project root and are found relative to the package (infer/db.py looks for
-# Path(__file__).parent.parent / "migrations"); a plain `pip install .` would put
-# infer/ in site-packages without them. The code stays root-owned and read-only.
-COPY . .
-RUN pip install --no-cache-dir --no-deps -e . \
-    && python -c "from infer.db import MIGRATIONS_DIR; assert (MIGRATIONS_DIR / 'env.py').is_file()"
+# A plain install: the wheel carries migrations/ inside the package (setup.py), so the
+# sources are not needed at run time. The installed code stays root-owned.
+COPY . /tmp/src
+RUN pip install --no-cache-dir --no-deps /tmp/src \
+    && rm -rf /tmp/src \
+    && cd / && python -c "from infer.db import MIGRATIONS_DIR; assert (MIGRATIONS_DIR / 'env.py').is_file()"
 
 # Runtime state (the default SQLite file, development secrets) goes to /data.
 USER infer

@@ -21,7 +21,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Installed, migrations/ ships inside the package (setup.py); in a checkout (and an
+# editable install) it is the top-level folder beside infer/.
+_PACKAGE = Path(__file__).resolve().parent
+MIGRATIONS_DIR = (
+    _PACKAGE / "migrations"
+    if (_PACKAGE / "migrations" / "env.py").is_file()
+    else _PACKAGE.parent / "migrations"
+)
 
 
 def is_sqlite(url: str) -> bool:
