@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -104,11 +105,13 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
 
 
 @pytest.fixture
-def settings(backend: str, database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
+def settings(backend: str, database_url: str, tmp_path: Path) -> Iterator[Settings]:
+    """The platform's settings for one test; its Redis keys are deleted afterwards."""
+    prefix = f"infer-test-{uuid.uuid4().hex}"
+    yield Settings(
         database_url=database_url,
         redis_url=REDIS_URL if backend == "postgres" else None,
-        redis_prefix=f"infer-test-{uuid.uuid4().hex}",
+        redis_prefix=prefix,
         secret_key=SecretStr("test-session-secret-" + "x" * 32),
         lookup_key=SecretStr("test-lookup-secret-" + "y" * 32),
         encryption_keys=SecretStr(TEST_ENCRYPTION_KEYS),
@@ -116,6 +119,12 @@ def settings(backend: str, database_url: str, tmp_path: Path) -> Settings:
         health_interval=60,
         allow_private_endpoints=True,
     )
+    if backend == "postgres":
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+        with contextlib.closing(client), contextlib.suppress(redis.RedisError):
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
 
 
 @pytest.fixture
