@@ -99,7 +99,10 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
         return
     template = request.getfixturevalue("postgres_template")
     name = f"infer_t_{os.getpid()}_{next(_counter)}"
-    asyncio.run(_pg_admin(f"CREATE DATABASE {name} TEMPLATE {template}"))
+    # A run killed mid-way may have left one of this name (same process id) behind.
+    asyncio.run(
+        _pg_admin(f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name} TEMPLATE {template}")
+    )
     yield _asyncpg_url(POSTGRES_DSN, name)
     asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
