@@ -10,6 +10,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from infer.audit import ClientInfo
 from infer.billing.credits import grant_credits
@@ -314,21 +317,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configuration_problems(error: ValidationError) -> str:
+    """Each problem named by its variable: `INFER_LOG_LEVEL: Input should be …`."""
+    problems = []
+    for problem in error.errors():
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if problem["loc"]:
+            message = f"INFER_{str(problem['loc'][0]).upper()}: {message}"
+        problems.append(message)
+    return "; ".join(problems)
+
+
+def _database_problem(settings: Settings, error: OSError | DBAPIError) -> str:
+    """One line naming the database (without its password) and what went wrong."""
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    reason = error.orig if isinstance(error, DBAPIError) else error
+    return f"cannot use the database {where}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace, Settings], None] = args.handler
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    settings: Settings | None = None
     try:
         # Operator-side commands run on the operator's machine: no platform settings there,
         # and no development secrets file written into their working directory.
         settings = Settings.model_construct() if args.command == "node" else load_settings()
         handler(args, settings)
     except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]) for e in exc.errors())
-        print(f"infer: configuration error: {problems}", file=sys.stderr)
+        print(f"infer: configuration error: {_configuration_problems(exc)}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"infer: configuration error: {exc}", file=sys.stderr)
         return 2
     except (InferError, CommandError) as exc:
         print(f"infer: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, DBAPIError) as exc:
+        if args.command == "node":
+            raise
+        problem = exc if settings is None else _database_problem(settings, exc)
+        print(f"infer: {problem}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -8,14 +8,26 @@ import os
 import secrets
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+import limits
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from infer.security.crypto import Keyring
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "changethis", "dev", "development"}
 _SECRET_FIELDS = ("secret_key", "lookup_key", "encryption_keys")
+_MIN_SECRET_LENGTH = 32
+# What each accepted database URL scheme means to SQLAlchemy: the async driver we ship.
+_DATABASE_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
 
 
 class Settings(BaseSettings):
@@ -42,10 +54,10 @@ class Settings(BaseSettings):
     login_limit_account: str = "10/5 minutes"
     login_limit_address: str = "30/5 minutes"
     signup_limit_address: str = "20/hour"
-    graphql_max_depth: int = 12
-    graphql_max_aliases: int = 30
-    graphql_max_tokens: int = 2000
-    cors_origins: tuple[str, ...] = ()
+    graphql_max_depth: int = Field(default=12, ge=1)
+    graphql_max_aliases: int = Field(default=30, ge=1)
+    graphql_max_tokens: int = Field(default=2000, ge=1)
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     key_requests_per_minute: int = Field(default=600, gt=0)
     key_tokens_per_minute: int = Field(default=2_000_000, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0)
@@ -55,12 +67,76 @@ class Settings(BaseSettings):
     upstream_idle_timeout: float = Field(default=30.0, gt=0)
     upstream_total_timeout: float = Field(default=600.0, gt=0)
     health_timeout: float = Field(default=5.0, gt=0)
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        scheme, separator, rest = value.partition("://")
+        driver = _DATABASE_DRIVERS.get(scheme.lower())
+        if not separator or driver is None:
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return f"{driver}://{rest}"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _web_address(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        """A JSON list or a comma-separated list; each an exact origin, or `*`."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if not isinstance(value, list | tuple):
+            return value
+        origins = [str(origin).strip() for origin in value if str(origin).strip()]
+        for origin in origins:
+            parts = urlsplit(origin)
+            exact = f"{parts.scheme}://{parts.netloc}" == origin and parts.hostname
+            if origin != "*" and (parts.scheme not in ("http", "https") or not exact):
+                raise ValueError(
+                    f"{origin!r} is not an origin (scheme://host[:port], no path or slash)"
+                )
+        return tuple(origins)
+
+    @field_validator("login_limit_account", "login_limit_address", "signup_limit_address")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        try:
+            limits.parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit such as '20/hour'") from None
+        return value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _keyring(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            Keyring.parse(value.get_secret_value())  # its ValueError names what is wrong
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets_in_production(self) -> Settings:
@@ -69,6 +145,11 @@ class Settings(BaseSettings):
                 value = getattr(self, name)
                 if value is None or value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                     raise ValueError(f"INFER_{name.upper()} must be set in production")
+            for name in ("secret_key", "lookup_key"):
+                if len(getattr(self, name).get_secret_value()) < _MIN_SECRET_LENGTH:
+                    raise ValueError(
+                        f"INFER_{name.upper()} must be at least {_MIN_SECRET_LENGTH} characters"
+                    )
         return self
 
     @property

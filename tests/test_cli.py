@@ -102,6 +102,38 @@ def test_production_refuses_to_start_without_secrets(tmp_path: Path) -> None:
     assert not (tmp_path / "x.db").exists()
 
 
+def test_a_bad_setting_stops_the_command_with_one_line_naming_it(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "INFER_LOG_LEVEL": "loud"}
+    done = subprocess.run(
+        [sys.executable, "-m", "infer.cli", "serve"],
+        capture_output=True,
+        text=True,
+        env=env | {"INFER_SECRETS_FILE": str(tmp_path / "secrets.json")},
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("infer: configuration error: INFER_LOG_LEVEL: Input should be")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "infer.db").exists()
+
+
+def test_an_unreachable_database_is_one_line_without_its_password(
+    settings: Settings, tmp_path: Path
+) -> None:
+    port = _free_port()  # nothing listens there
+    url = f"postgresql://infer:hunter2-secret@127.0.0.1:{port}/infer"
+    done = _infer(settings.model_copy(update={"database_url": url}), "migrate", cwd=tmp_path)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"infer: cannot use the database postgresql+asyncpg://infer:***@127.0.0.1:{port}/infer: "
+    )
+    assert "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
