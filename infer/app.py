@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from infer.config import Settings, load_settings
+from infer.gateway.errors import http_error, server_error
 from infer.gateway.routes import routes as gateway_routes
 from infer.middleware import BodySizeLimit, SecurityHeaders
 from infer.resources import Resources
@@ -112,4 +114,10 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
         Middleware(SecurityHeaders, production=settings.is_production),
         Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    exception_handlers = {HTTPException: http_error, Exception: server_error}
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+    )

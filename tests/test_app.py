@@ -10,6 +10,7 @@ from conftest import http_client, started
 
 from infer.config import Settings
 from infer.schema import schema
+from infer.security.apikeys import generate_key
 
 SDL = Path(__file__).resolve().parent.parent / "graphql" / "schema.graphql"
 
@@ -28,6 +29,65 @@ async def test_readyz_is_503_when_the_database_is_unreachable(settings: Settings
         ready = await http.get("/readyz")
     assert ready.status_code == 503
     assert "nobody" not in ready.text
+
+
+async def test_an_unexpected_failure_under_the_api_is_an_openai_error_telling_nothing(
+    settings: Settings,
+) -> None:
+    # The key lookup cannot reach the database: a failure no handler expects.
+    unreachable = settings.model_copy(
+        update={"database_url": "postgresql+asyncpg://nobody:hunter2@127.0.0.1:9/none"}
+    )
+    async with started(unreachable) as (app, _):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            response = await http.post(
+                "/api/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {generate_key()}"},
+            )
+            graphql = await http.post("/graphql", json={"query": "{ me { id } }"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "message": "the server had an error processing your request",
+            "type": "api_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+    for text in (response.text, graphql.text):
+        assert "nobody" not in text
+        assert "hunter2" not in text
+        assert "127.0.0.1:9" not in text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/api/v1/chat/completions", 405, "method_not_allowed"),
+        ("POST", "/api/v1/models", 405, "method_not_allowed"),
+        ("POST", "/api/v1/completions", 404, "unknown_url"),
+        ("GET", "/api/v2/models", 404, "unknown_url"),
+    ],
+)
+async def test_unknown_api_urls_and_methods_get_openai_errors(
+    client: httpx.AsyncClient, method: str, path: str, status: int, code: str
+) -> None:
+    # The `openai` SDK reads `error.message` from these, as from any other error.
+    response = await client.request(method, path)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert f"{method} {path}" in error["message"]
+    if status == 405:
+        assert response.headers["allow"] in error["message"]
+
+
+async def test_unknown_urls_elsewhere_stay_plain(client: httpx.AsyncClient) -> None:
+    response = await client.get("/nope")
+    assert response.status_code == 404
+    assert response.text == "Not Found"
 
 
 async def test_responses_carry_security_headers(client: httpx.AsyncClient) -> None:

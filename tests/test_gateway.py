@@ -238,10 +238,11 @@ async def test_models_lists_what_online_nodes_serve(market: Market, simulator: s
         ({"model": MODEL, "messages": MESSAGES, "max_tokens": -1}, 400, "max_tokens"),
         ({"model": MODEL, "messages": MESSAGES, "temperature": "hot"}, 400, "temperature"),
         ({"model": "no-such-model", "messages": MESSAGES}, 404, "model"),
+        ([{"model": MODEL, "messages": MESSAGES}], 400, None),
     ],
 )
 async def test_bad_requests_get_openai_errors(
-    market: Market, simulator: str, body: dict[str, object], status: int, param: str
+    market: Market, simulator: str, body: object, status: int, param: str | None
 ) -> None:
     await market.add_node(simulator, "sim")
     response = await market.http.post(

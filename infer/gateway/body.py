@@ -103,6 +103,8 @@ def parse_body(raw: bytes) -> ChatCompletionBody:
         location = ".".join(str(part) for part in error["loc"]) or None
         if error["type"] == "json_invalid":
             raise BadInput("the request body is not valid JSON") from exc
+        if location is None:
+            raise BadInput("the request body must be a JSON object") from exc
         if error["type"] == "missing":
             raise BadInput(f"missing required parameter: {location}", param=location) from exc
         message = str(error["msg"]).removeprefix("Value error, ")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from infer.errors import (
     BadInput,
@@ -33,11 +35,15 @@ _KINDS: list[tuple[type[InferError], str, str]] = [
 ]
 
 
+def _body(message: str, kind: str, code: str, param: str | None = None) -> dict[str, object]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error_body(error: InferError) -> dict[str, object]:
     kind, code = next(
         ((t, c) for cls, t, c in _KINDS if isinstance(error, cls)), ("api_error", "internal_error")
     )
-    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": code}}
+    return _body(error.message, kind, code, error.param)
 
 
 def error_response(error: InferError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -47,3 +53,32 @@ def error_response(error: InferError, headers: dict[str, str] | None = None) -> 
     if isinstance(error, Unauthenticated):
         headers["www-authenticate"] = "Bearer"
     return JSONResponse(error_body(error), status_code=error.status, headers=headers)
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 and 405: in OpenAI's error form under /api/, plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if not _is_api(request):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message, code = f"{where} is not allowed; use {allowed}", "method_not_allowed"
+    elif exc.status_code == 404:
+        message, code = f"unknown URL ({where})", "unknown_url"
+    else:
+        message, code = exc.detail, "invalid_request"
+    body = _body(message, "invalid_request_error", code)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """An unexpected failure: nothing about it is told; the server log has the traceback."""
+    if not _is_api(request):
+        return PlainTextResponse("Internal Server Error", status_code=500)
+    body = _body("the server had an error processing your request", "api_error", "internal_error")
+    return JSONResponse(body, status_code=500)
