@@ -117,15 +117,24 @@ async def test_too_many_aliases_are_refused(client: httpx.AsyncClient) -> None:
     assert "aliases" in body["errors"][0]["message"].lower()
 
 
+def _refusal(response: httpx.Response, status: int, message: str) -> None:
+    """Refused before any operation runs, still in GraphQL's error shape."""
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    errors = response.json()["errors"]
+    assert errors[0]["extensions"]["code"] == "BAD_REQUEST"
+    assert message in errors[0]["message"]
+
+
 async def test_batched_operations_are_not_accepted(client: httpx.AsyncClient) -> None:
     response = await client.post("/graphql", json=[{"query": "{ me { id } }"}] * 2)
-    assert response.status_code == 400
+    _refusal(response, 400, "Batching is not enabled")
 
 
 async def test_mutations_cannot_run_over_get(client: httpx.AsyncClient) -> None:
     query = 'mutation { signUp(email: "a@example.com", password: "long enough pass") { id } }'
     response = await client.get("/graphql", params={"query": query})
-    assert response.status_code in (400, 405)
+    _refusal(response, 400, "mutations are not allowed when using GET")
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
@@ -133,7 +142,20 @@ async def test_non_json_posts_are_refused(client: httpx.AsyncClient, content_typ
     response = await client.post(
         "/graphql", content=b'{"query": "{ me { id } }"}', headers={"content-type": content_type}
     )
-    assert response.status_code in (400, 415)
+    _refusal(response, 400, "Unsupported content type")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(b'{"query": ', "Unable to parse request body as JSON"), (b"{}", "No GraphQL query")],
+)
+async def test_bodies_without_a_query_are_refused(
+    client: httpx.AsyncClient, body: bytes, message: str
+) -> None:
+    response = await client.post(
+        "/graphql", content=body, headers={"content-type": "application/json"}
+    )
+    _refusal(response, 400, message)
 
 
 def test_schema_file_matches_the_code() -> None:

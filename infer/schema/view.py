@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cross_web import HTTPException  # what strawberry raises for transport errors
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -19,6 +20,7 @@ from infer.schema.context import Context, Loaders
 from infer.schema.user import SESSION_COOKIE
 
 PRINCIPAL_KEY = "infer.principal"
+_TRANSPORT_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
 def client_info(request: Request) -> ClientInfo:
@@ -53,14 +55,22 @@ class GraphQLView(GraphQL[Context, None]):
     """Strawberry's ASGI view, with authentication decided before the operation runs."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            request = Request(scope, receive)
-            try:
-                scope[PRINCIPAL_KEY] = await self._authenticate(request)
-            except InferError as error:
-                await graphql_error_response(error, error.status)(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            scope[PRINCIPAL_KEY] = await self._authenticate(request)
+            response = await self.run(request)
+        except InferError as error:
+            response = graphql_error_response(error, error.status)
+        except HTTPException as error:
+            # Strawberry's own refusals (not JSON, no query, a mutation over GET…) come as
+            # plain text; here they keep the GraphQL error shape like everything else.
+            code = _TRANSPORT_CODES.get(error.status_code, "BAD_REQUEST")
+            body = {"errors": [{"message": error.reason, "extensions": {"code": code}}]}
+            response = JSONResponse(body, status_code=error.status_code)
+        await response(scope, receive, send)
 
     async def _authenticate(self, request: Request) -> Principal | None:
         resources: Resources = request.state.resources
