@@ -28,6 +28,7 @@ from infer.nodes.transport import NodeHTTP
 from infer.routing.catalog import Candidate
 from infer.routing.preferences import Preferences
 from infer.routing.router import Router
+from infer.routing.scoring import throughput_sample
 from infer.security.crypto import Keyring
 
 log = logging.getLogger(__name__)
@@ -342,12 +343,14 @@ class Completion:
             ttft_ms=self._ttft_ms,
             duration_ms=duration_ms,
         )
-        generation_s = max((duration_ms - (self._ttft_ms or 0)) / 1000, 1e-3)
+        generation_s = (duration_ms - (self._ttft_ms or 0)) / 1000
         await self.owner.router.state.release(
             candidate.node_id,
             ok=status != "upstream_error",
             ttft_ms=self._ttft_ms,
-            tokens_per_second=metered.completion_tokens / generation_s if complete else None,
+            tokens_per_second=(
+                throughput_sample(metered.completion_tokens, generation_s) if complete else None
+            ),
         )
         # Written after the answer goes out (the caller does not wait): the figures are
         # final now, and if the process dies first, the hold expires.

@@ -18,6 +18,7 @@ __all__ = [
     "parse_preferences",
     "plan",
     "score",
+    "throughput_sample",
     "tier",
 ]
 
@@ -26,10 +27,17 @@ PRIOR_TOKENS_PER_SECOND = 40.0
 ERROR_WEIGHT = 4.0  # an error EWMA of 0.5 triples the score
 OVERLOAD = 2  # at capacity x OVERLOAD requests in flight a node is not tried at all
 NEAR = 0.15  # within 15 % of the best counts as near-equal for the first pick
+# ... and so does within 50 ms: below that, one slow sample (a pause on either side)
+# would send every request to the other of two equal nodes, and sequential traffic
+# would never measure the loser again.
+NEAR_MS = 50.0
 POOL = 4  # the first pick is drawn from at most this many near-equal nodes
 TIER_STEP = 1e9  # puts every node of a worse tier after every node of a better one
 DEFAULT_PROMPT_TOKENS = 1_000
 DEFAULT_OUTPUT_TOKENS = 256
+# A shorter answer measures the clock more than the node: 4 tokens timed to the
+# millisecond made equal nodes look 2x apart and one of them took all the traffic.
+MIN_THROUGHPUT_TOKENS = 16
 
 _NO_STATS = NodeStats()
 
@@ -51,6 +59,13 @@ def tier(candidate: Candidate, stats: NodeStats, now: float) -> int:
 def _tokens_per_second(stats: NodeStats, prior: float = PRIOR_TOKENS_PER_SECOND) -> float:
     tps = stats.tokens_per_second_ewma
     return prior if tps is None else max(tps, 0.1)
+
+
+def throughput_sample(completion_tokens: int, generation_seconds: float) -> float | None:
+    """Tokens/s after the first token, or None when the answer is too short to tell."""
+    if completion_tokens < MIN_THROUGHPUT_TOKENS or generation_seconds <= 0:
+        return None
+    return (completion_tokens - 1) / generation_seconds
 
 
 def estimated_ms(
@@ -104,7 +119,7 @@ def _near(row: _Row, best: _Row, sort: str | None) -> bool:
         return row[1] == best[1]
     if sort == "throughput":  # the key is minus tokens per second
         return row[1] <= best[1] * (1.0 - NEAR)
-    return row[2] <= best[2] * (1.0 + NEAR)
+    return row[2] <= best[2] * (1.0 + NEAR) or row[2] - best[2] <= NEAR_MS
 
 
 def _load(row: _Row, stats: Mapping[uuid.UUID, NodeStats]) -> float:

@@ -20,7 +20,7 @@ from infer.routing import (
     Router,
     parse_preferences,
 )
-from infer.routing.scoring import plan, score
+from infer.routing.scoring import plan, score, throughput_sample
 
 NOW = 1_000_000.0
 USD = 1_000_000  # micro-USD
@@ -80,6 +80,24 @@ def test_two_equal_nodes_share_the_first_pick() -> None:
     assert firsts["a"] + firsts["b"] == 1000
 
 
+def test_a_few_milliseconds_apart_still_counts_as_equal() -> None:
+    # Short answers (4 tokens: estimates near 100 ms) measured once during a 30 ms pause.
+    a, b = node("a"), node("b")
+    stats = {a.node_id: NodeStats(ttft_ms_ewma=35), b.node_id: NodeStats(ttft_ms_ewma=5)}
+    rng = random.Random(3)
+    firsts = Counter(
+        plan([a, b], stats, Preferences(), rng, expected_output_tokens=4, now=NOW)[0].name
+        for _ in range(1000)
+    )
+    assert 350 <= firsts["a"] <= 650
+    # A real difference still decides: 150 ms more to the first token.
+    stats[a.node_id] = NodeStats(ttft_ms_ewma=155)
+    assert all(
+        plan([a, b], stats, Preferences(), rng, expected_output_tokens=4, now=NOW)[0].name == "b"
+        for _ in range(200)
+    )
+
+
 def test_sort_by_price_puts_the_cheapest_first() -> None:
     dear, cheap = node("dear", price=(3 * USD, 6 * USD)), node("cheap", price=(USD, USD))
     stats = {dear.node_id: FAST, cheap.node_id: SLOW}
@@ -137,6 +155,22 @@ def test_at_most_max_attempts_are_planned() -> None:
     candidates = [node(f"n{i}") for i in range(6)]
     chosen = plan(candidates, {}, Preferences(), random.Random(1), max_attempts=3, now=NOW)
     assert len(chosen) == 3
+
+
+@pytest.mark.parametrize(
+    ("tokens", "seconds", "sample"),
+    [
+        (4, 0.015, None),  # timed to the millisecond, 4 tokens say nothing about a node
+        (15, 0.2, None),
+        (16, 0.3, 50.0),  # the first token came at TTFT; the other 15 in 0.3 s
+        (101, 1.0, 100.0),
+        (200, 0.0, None),  # all at once: no interval to divide by
+    ],
+)
+def test_throughput_is_sampled_only_from_answers_long_enough_to_tell(
+    tokens: int, seconds: float, sample: float | None
+) -> None:
+    assert throughput_sample(tokens, seconds) == sample
 
 
 def test_unknown_latency_falls_back_to_the_health_check_then_a_prior() -> None:
