@@ -8,7 +8,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from infer.routing import MemoryRouterState, RedisRouterState, RouterState
-from infer.routing.state import EWMA_ALPHA
+from infer.routing.state import EWMA_ALPHA, STALE_SECONDS
 
 Replicas = Callable[..., RedisRouterState]
 NO_RETRY = Retry(NoBackoff(), 0)
@@ -82,6 +82,50 @@ async def test_releases_update_the_latency_ewmas(state: RouterState) -> None:
     stats = await settled(state, node)
     assert stats.ttft_ms_ewma == pytest.approx(100 + EWMA_ALPHA * 100)
     assert stats.tokens_per_second_ewma == pytest.approx(50.0)
+
+
+Age = Callable[[uuid.UUID], Awaitable[None]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def aging_state(request: pytest.FixtureRequest) -> tuple[RouterState, Age, Callable[[], float]]:
+    """A state, a way to make a node's last outcome older than STALE_SECONDS, and its clock."""
+    clock = [time.time()]
+    if request.param == "memory":
+
+        async def skip_ahead(node: uuid.UUID) -> None:
+            clock[0] += STALE_SECONDS + 5
+
+        return MemoryRouterState(clock=lambda: clock[0]), skip_ahead, lambda: clock[0]
+    state: RedisRouterState = request.getfixturevalue("replicas")()
+    client, _ = request.getfixturevalue("redis_client")
+
+    async def backdate(node: uuid.UUID) -> None:  # Redis keeps server time
+        await client.hset(state.node_key(node), "err_at", str(time.time() - STALE_SECONDS - 5))
+
+    return state, backdate, time.time
+
+
+async def test_after_a_long_silence_the_next_outcome_starts_the_figures_afresh(
+    aging_state: tuple[RouterState, Age, Callable[[], float]],
+) -> None:
+    # A cold start (Ollama loading the model: 10 s to the first token) must not weigh on
+    # a node for good: unused for STALE_SECONDS, it is scored as unmeasured and tried.
+    state, age, now = aging_state
+    node = uuid.uuid4()
+    await state.acquire(node)
+    await state.release(node, ok=True, ttft_ms=10_000.0, tokens_per_second=20.0)
+    cold = await settled(state, node)
+    assert cold.ttft_ms_ewma == pytest.approx(10_000.0)
+    assert cold.latency_known(now())
+    await age(node)
+    assert not (await settled(state, node)).latency_known(now())
+    await state.acquire(node)
+    await state.release(node, ok=True, ttft_ms=200.0, tokens_per_second=50.0)
+    warm = await settled(state, node)
+    assert warm.ttft_ms_ewma == pytest.approx(200.0)  # not 0.2 x 200 + 0.8 x 10,000
+    assert warm.tokens_per_second_ewma == pytest.approx(50.0)
+    assert warm.latency_known(now())
 
 
 async def test_a_failure_raises_errors_and_cools_the_node_down(state: RouterState) -> None:

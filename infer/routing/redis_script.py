@@ -12,6 +12,7 @@ from infer.routing.state import (
     ERROR_HALF_LIFE_SECONDS,
     EWMA_ALPHA,
     MAX_COOLDOWN_SECONDS,
+    STALE_SECONDS,
 )
 
 # KEYS[1] the replicas (sorted set: replica -> last heard, server time), KEYS[2] the
@@ -52,7 +53,8 @@ if call > tonumber(redis.call('HGET', acks, 'c:' .. me) or '0') then
 end
 
 -- Events are numbered; one already applied (a retried call) is skipped.
-local function ewma(key, name, value)
+local function ewma(key, name, value, stale)
+  if stale then redis.call('HDEL', key, name) end
   if value == '-' then return end
   local new = tonumber(value)
   local old = redis.call('HGET', key, name)
@@ -60,10 +62,11 @@ local function ewma(key, name, value)
   redis.call('HSET', key, name, tostring(new))
 end
 local function outcome(key, ok, ttft, tps)
-  ewma(key, 'ttft', ttft)
-  ewma(key, 'tps', tps)
   local err = tonumber(redis.call('HGET', key, 'err') or '0')
   local err_at = tonumber(redis.call('HGET', key, 'err_at') or '0')
+  local stale = now - err_at > {STALE_SECONDS!r}  -- figures too old: start afresh
+  ewma(key, 'ttft', ttft, stale)
+  ewma(key, 'tps', tps, stale)
   if err > 0 and now > err_at then
     err = err * 0.5 ^ ((now - err_at) / {ERROR_HALF_LIFE_SECONDS!r})
   end

@@ -74,8 +74,15 @@ def estimated_ms(
     expected_output_tokens: int,
     *,
     prior_tokens_per_second: float = PRIOR_TOKENS_PER_SECOND,
+    now: float | None = None,
 ) -> float:
-    """Time to first token plus generation time, on an idle node."""
+    """Time to first token plus generation time, on an idle node.
+
+    Figures older than STALE_SECONDS count as unknown, so that the node is tried again.
+    """
+    now = time.time() if now is None else now
+    if not stats.latency_known(now):
+        stats = _NO_STATS
     ttft = stats.ttft_ms_ewma
     if ttft is None:
         ttft = candidate.health_latency_ms
@@ -98,7 +105,11 @@ def score(
     load = 1.0 + stats.in_flight / candidate.capacity
     penalty = 1.0 + ERROR_WEIGHT * min(1.0, max(0.0, stats.error_ewma))
     estimate = estimated_ms(
-        candidate, stats, expected_output_tokens, prior_tokens_per_second=prior_tokens_per_second
+        candidate,
+        stats,
+        expected_output_tokens,
+        prior_tokens_per_second=prior_tokens_per_second,
+        now=now,
     )
     estimate *= load * penalty
     return tier(candidate, stats, now) * TIER_STEP + estimate
@@ -159,7 +170,8 @@ def plan(
     measured = [
         tps
         for c in candidates
-        if (tps := stats.get(c.node_id, _NO_STATS).tokens_per_second_ewma) is not None
+        if (figures := stats.get(c.node_id, _NO_STATS)).latency_known(now)
+        and (tps := figures.tokens_per_second_ewma) is not None
     ]
     prior_tps = sum(measured) / len(measured) if measured else PRIOR_TOKENS_PER_SECOND
     order = {name: index for index, name in enumerate(preferences.order)}
@@ -189,7 +201,8 @@ def plan(
                 + candidate.output_price_per_million * expected_output_tokens
             )
         elif sort == "throughput":
-            key = -_tokens_per_second(node_stats, prior_tps)
+            known = node_stats if node_stats.latency_known(now) else _NO_STATS
+            key = -_tokens_per_second(known, prior_tps)
         else:
             key = value
         rows.append((node_tier, key, value, index, candidate))

@@ -15,6 +15,10 @@ EWMA_ALPHA = 0.2  # weight of the newest measurement
 ERROR_HALF_LIFE_SECONDS = 60.0  # an idle node's error rate halves this fast
 COOLDOWN_SECONDS = 5.0  # after one failure; doubles with each consecutive one
 MAX_COOLDOWN_SECONDS = 60.0
+# Latency figures older than this are not trusted: the node is scored as unmeasured
+# (so it is tried again) and its next outcome starts the EWMAs afresh. Without it, one
+# slow first answer (Ollama loading the model) kept a node out of light traffic forever.
+STALE_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,11 @@ class NodeStats:
     error_ewma: float = 0.0
     cooldown_until: float = 0.0  # epoch seconds
     consecutive_failures: int = 0
+    measured_at: float = 0.0  # epoch seconds of the last outcome; 0 for never
+
+    def latency_known(self, now: float) -> bool:
+        """Whether the TTFT and tokens/s figures are recent enough to score by."""
+        return now - self.measured_at <= STALE_SECONDS
 
 
 class RouterState(Protocol):
@@ -91,6 +100,8 @@ class NodeFigures:
         self, *, ok: bool, ttft_ms: float | None, tokens_per_second: float | None, now: float
     ) -> None:
         """Fold one request's outcome in (not its in-flight count): EWMAs, errors, cool-down."""
+        if now - self.error_at > STALE_SECONDS:
+            self.ttft_ms = self.tokens_per_second = None  # too old: start afresh
         self.ttft_ms = _ewma(self.ttft_ms, ttft_ms)
         self.tokens_per_second = _ewma(self.tokens_per_second, tokens_per_second)
         error = (1 - EWMA_ALPHA) * decayed_error(self.error, self.error_at, now)
@@ -110,6 +121,7 @@ class NodeFigures:
             error_ewma=decayed_error(self.error, self.error_at, now),
             cooldown_until=self.cooldown_until,
             consecutive_failures=self.failures,
+            measured_at=self.error_at,
         )
 
 

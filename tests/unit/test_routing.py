@@ -21,6 +21,7 @@ from infer.routing import (
     parse_preferences,
 )
 from infer.routing.scoring import plan, score, throughput_sample
+from infer.routing.state import STALE_SECONDS
 
 NOW = 1_000_000.0
 USD = 1_000_000  # micro-USD
@@ -44,8 +45,8 @@ def node(name: str, *, price: tuple[int, int] = (USD, 2 * USD), **changes: objec
     return replace(candidate, **changes)  # type: ignore[arg-type]
 
 
-FAST = NodeStats(ttft_ms_ewma=100, tokens_per_second_ewma=80)
-SLOW = NodeStats(ttft_ms_ewma=900, tokens_per_second_ewma=15)
+FAST = NodeStats(ttft_ms_ewma=100, tokens_per_second_ewma=80, measured_at=NOW)
+SLOW = NodeStats(ttft_ms_ewma=900, tokens_per_second_ewma=15, measured_at=NOW)
 
 
 def names(
@@ -83,7 +84,7 @@ def test_two_equal_nodes_share_the_first_pick() -> None:
 def test_a_few_milliseconds_apart_still_counts_as_equal() -> None:
     # Short answers (4 tokens: estimates near 100 ms) measured once during a 30 ms pause.
     a, b = node("a"), node("b")
-    stats = {a.node_id: NodeStats(ttft_ms_ewma=35), b.node_id: NodeStats(ttft_ms_ewma=5)}
+    stats = {a.node_id: replace(FAST, ttft_ms_ewma=35), b.node_id: replace(FAST, ttft_ms_ewma=5)}
     rng = random.Random(3)
     firsts = Counter(
         plan([a, b], stats, Preferences(), rng, expected_output_tokens=4, now=NOW)[0].name
@@ -91,7 +92,7 @@ def test_a_few_milliseconds_apart_still_counts_as_equal() -> None:
     )
     assert 350 <= firsts["a"] <= 650
     # A real difference still decides: 150 ms more to the first token.
-    stats[a.node_id] = NodeStats(ttft_ms_ewma=155)
+    stats[a.node_id] = replace(FAST, ttft_ms_ewma=155)
     assert all(
         plan([a, b], stats, Preferences(), rng, expected_output_tokens=4, now=NOW)[0].name == "b"
         for _ in range(200)
@@ -106,7 +107,7 @@ def test_sort_by_price_puts_the_cheapest_first() -> None:
 
 def test_sort_by_throughput_puts_the_most_tokens_per_second_first() -> None:
     a, b = node("a"), node("b")
-    stats = {a.node_id: NodeStats(tokens_per_second_ewma=20), b.node_id: FAST}
+    stats = {a.node_id: replace(FAST, tokens_per_second_ewma=20), b.node_id: FAST}
     assert names([a, b], stats, Preferences(sort="throughput")) == ["b", "a"]
 
 
@@ -171,6 +172,16 @@ def test_throughput_is_sampled_only_from_answers_long_enough_to_tell(
     tokens: int, seconds: float, sample: float | None
 ) -> None:
     assert throughput_sample(tokens, seconds) == sample
+
+
+def test_a_node_unused_for_long_is_scored_as_unmeasured_and_tried_again() -> None:
+    # Its one slow answer was long ago (a model loading); its health check is quick now.
+    a, b = node("a", health_latency_ms=20.0), node("b")
+    stats = {a.node_id: SLOW, b.node_id: FAST}
+    assert all(names([a, b], stats, seed=seed)[0] == "b" for seed in range(20))
+    stats[a.node_id] = replace(SLOW, measured_at=NOW - STALE_SECONDS - 1)
+    firsts = Counter(names([a, b], stats, seed=seed)[0] for seed in range(200))
+    assert firsts["a"] >= 60
 
 
 def test_unknown_latency_falls_back_to_the_health_check_then_a_prior() -> None:
