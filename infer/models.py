@@ -112,6 +112,9 @@ class User(SQLModel, table=True):
     role: Role = Field(default=Role.USER, sa_type=StrEnumType(Role))
     created_at: datetime = _created()
     password_changed_at: datetime | None = _time(nullable=True)
+    # What buyers see of a provider, chosen by its operator; the key (lower-cased) is unique.
+    display_name: str | None = Field(default=None, max_length=32)
+    display_name_key: str | None = Field(default=None, max_length=32, unique=True)
 
 
 class Session(SQLModel, table=True):
