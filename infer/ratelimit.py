@@ -21,7 +21,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from infer.billing.batching import GroupCommit
+from infer.batching import GroupCommit
 from infer.config import Settings
 from infer.errors import RateLimited
 

@@ -13,7 +13,7 @@ from infer.billing.pricing import fee_ppm
 from infer.billing.settlement import expire_holds
 from infer.config import Settings
 from infer.db import Database
-from infer.gateway.completion import BillingPolicy, Completions
+from infer.completions.service import BillingPolicy, Completions
 from infer.keys.auth import KeyAuthenticator
 from infer.keys.revocations import KeyChanges
 from infer.keys.service import KeyMaterial

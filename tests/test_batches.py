@@ -14,7 +14,7 @@ from sqlmodel import select
 from infer.audit import ClientInfo
 from infer.billing import ledger
 from infer.billing.batches import HoldRequest, Settlement, Writers, place_holds, settle_many
-from infer.billing.batching import GroupCommit
+from infer.batching import GroupCommit
 from infer.billing.credits import grant_credits
 from infer.billing.settlement import Usage
 from infer.db import Database

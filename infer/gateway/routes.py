@@ -16,7 +16,7 @@ from infer.billing.money import format_usd
 from infer.billing.pricing import estimate_prompt_tokens
 from infer.errors import InferError, Unauthenticated, UpstreamError
 from infer.gateway.body import ChatCompletionBody, parse_body
-from infer.gateway.completion import Completion
+from infer.completions.service import Completion
 from infer.gateway.errors import error_body, error_response
 from infer.keys.limits import KeyLimits, admit
 from infer.resources import Resources

@@ -16,7 +16,7 @@ import anyio
 
 from infer.accounts.principal import Principal
 from infer.billing import batches, settlement
-from infer.billing.batching import GroupCommit
+from infer.batching import GroupCommit
 from infer.billing.metering import meter, typical_prompt_tokens
 from infer.billing.pricing import cost, estimate_prompt_tokens, split
 from infer.db import Database
