@@ -1,0 +1,1 @@
+"""Completions: one chat completion from plan to settlement, shared by every edge."""
