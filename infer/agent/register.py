@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from infer.agent.detect import DetectedRuntime, Detection, RuntimeName, base_url
 from infer.agent.errors import NoRuntime
 from infer.agent.gpu import GpuInfo
-from infer.billing.money import MICROS_PER_USD, format_usd
+from infer.billing.money import MICROS_PER_USD, format_usd, parse_usd
 from infer.errors import BadInput
 
 MAX_PRICE_USD = Decimal(1000)  # per million tokens, as the platform allows
@@ -88,16 +88,14 @@ class Registration:
 
 
 def _usd(text: str, *, option: str) -> str:
+    # The platform's own parser, so the agent refuses exactly what registerNode would.
     try:
-        value = Decimal(text.strip())
-    except InvalidOperation as exc:
-        raise BadInput(f"{option}: {text!r} is not an amount in USD", param=option) from exc
-    if not value.is_finite() or not 0 <= value <= MAX_PRICE_USD:
+        micros = parse_usd(text.strip(), param=option, allow_zero=True)
+    except BadInput as exc:
+        raise BadInput(f"{option}: {exc.message}", param=option) from exc
+    if micros > MAX_PRICE_USD * MICROS_PER_USD:
         raise BadInput(f"{option}: a price is 0 to {MAX_PRICE_USD} USD", param=option)
-    micros = value * MICROS_PER_USD
-    if micros != micros.to_integral_value():
-        raise BadInput(f"{option}: {text!r} has more than 6 decimal places", param=option)
-    return format_usd(int(micros))
+    return format_usd(micros)
 
 
 def _endpoint(url: str) -> str:

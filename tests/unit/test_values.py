@@ -15,7 +15,7 @@ from infer.errors import BadInput
 
 @pytest.mark.parametrize(
     ("text", "micros"),
-    [("5", 5_000_000), ("12.50", 12_500_000), ("0.000001", 1), (" 3 ", 3_000_000)],
+    [("5", 5_000_000), ("12.50", 12_500_000), ("0.000001", 1)],
 )
 def test_usd_amounts_parse_exactly(text: str, micros: int) -> None:
     assert parse_usd(text) == micros
