@@ -71,6 +71,7 @@ class FakeRuntime:
     running: tuple[str, ...] | None = None
     legacy: bool = False
     interval: float = 0.0
+    usage_scale: int = 1  # reported completion tokens per piece sent: 0 or 7 is a lying node
     seen: list[Seen] = field(default_factory=list)
     disconnected: threading.Event = field(default_factory=threading.Event)
 
@@ -222,7 +223,7 @@ class FakeRuntime:
                 yield faulty
             return
         pieces, reason = self._answer_pieces(request.get("max_tokens"))
-        usage = _usage(len(pieces))
+        usage = _usage(len(pieces) * self.usage_scale)
         if self.dialect == "exo":
             yield b': prefill_progress {"processed":3,"total":3}\n\n'
             for piece in pieces:
@@ -255,7 +256,10 @@ class FakeRuntime:
         pieces, reason = self._answer_pieces((request.get("options") or {}).get("num_predict"))
         for piece in pieces:
             yield line(piece)
-        counts = {"prompt_eval_count": USAGE_PROMPT_TOKENS, "eval_count": len(pieces)}
+        counts = {
+            "prompt_eval_count": USAGE_PROMPT_TOKENS,
+            "eval_count": len(pieces) * self.usage_scale,
+        }
         yield line("", done=True, done_reason=reason, **counts)
 
 

@@ -55,9 +55,9 @@ def test_reported_usage_is_used_when_it_is_plausible() -> None:
     assert (got.prompt_tokens, got.completion_tokens, got.estimated) == (50, 10, False)
 
 
-def test_over_reported_usage_is_clamped() -> None:
+def test_over_reported_usage_is_replaced_by_the_estimate() -> None:
     got = meter(reported=Usage(5_000, 500), complete=True, **BASE)  # type: ignore[arg-type]
-    assert (got.prompt_tokens, got.completion_tokens) == (100, 20)
+    assert (got.prompt_tokens, got.completion_tokens, got.estimated) == (30, 10, True)
 
 
 def test_a_cached_prompt_reported_as_zero_is_estimated() -> None:
