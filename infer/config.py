@@ -20,6 +20,12 @@ from infer.security.crypto import Keyring
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "changethis", "dev", "development"}
 _SECRET_FIELDS = ("secret_key", "lookup_key", "encryption_keys")
 _MIN_SECRET_LENGTH = 32
+# A completion's max_tokens is a GraphQL Int and a hold at the highest price stays far
+# inside int64 (tests/unit/test_values.py checks the arithmetic).
+MAX_TOKENS_CEILING = 2**31 - 1
+# A settlement is written just after its request ends: a hold outlives the longest
+# request by at least this much, so the sweeper never takes one that is still live.
+HOLD_MARGIN_SECONDS = 60
 # What each accepted database URL scheme means to SQLAlchemy: the async driver we ship.
 _DATABASE_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -39,6 +45,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./infer.db"
     redis_url: str | None = None
     redis_prefix: str = "infer"
+    database_timeout: float = Field(default=30.0, gt=0)
     public_url: str = "http://127.0.0.1:8000"
     health_interval: float = Field(default=60.0, gt=0)
     allow_private_endpoints: bool = False
@@ -61,12 +68,14 @@ class Settings(BaseSettings):
     key_requests_per_minute: int = Field(default=600, gt=0)
     key_tokens_per_minute: int = Field(default=2_000_000, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0)
+    max_tokens_limit: int = Field(default=131_072, gt=0, le=MAX_TOKENS_CEILING)
     hold_ttl_seconds: int = Field(default=900, gt=0)
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_first_byte_timeout: float = Field(default=30.0, gt=0)
     upstream_idle_timeout: float = Field(default=30.0, gt=0)
     upstream_total_timeout: float = Field(default=600.0, gt=0)
     health_timeout: float = Field(default=5.0, gt=0)
+    client_write_timeout: float = Field(default=30.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
     @field_validator("redis_url", mode="before")
@@ -150,6 +159,17 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"INFER_{name.upper()} must be at least {_MIN_SECRET_LENGTH} characters"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _holds_outlive_requests(self) -> Settings:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("INFER_DEFAULT_MAX_TOKENS must not exceed INFER_MAX_TOKENS_LIMIT")
+        if self.hold_ttl_seconds < self.upstream_total_timeout + HOLD_MARGIN_SECONDS:
+            raise ValueError(
+                "INFER_HOLD_TTL_SECONDS must exceed INFER_UPSTREAM_TOTAL_TIMEOUT by at least "
+                f"{HOLD_MARGIN_SECONDS} s: a hold must outlive its request"
+            )
         return self
 
     @property

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -17,6 +18,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from infer.outages import database_unavailable, unavailable
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -35,15 +38,34 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """Build the async engine; on SQLite, WAL and explicit BEGIN for real transactions."""
+def create_engine(url: str, *, pool_size: int = 10, timeout: float = 30.0) -> AsyncEngine:
+    """Build the async engine; on SQLite, WAL and explicit BEGIN for real transactions.
+
+    `timeout`: seconds to wait for a connection (connecting, a free one in the pool,
+    SQLite's write lock) before giving up with `Unavailable`.
+    """
     if not is_sqlite(url):
-        # No pre-ping (three round trips per checkout): a connection found dead raises
-        # once, and SQLAlchemy then replaces the whole pool; recycling bounds their age.
-        return create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size * 2, pool_recycle=1800
+        # No pre-ping (three round trips per checkout): a connection the server closed is
+        # seen closed locally at checkout (no round trip) and replaced, and one found dead
+        # mid-query raises once, after which SQLAlchemy replaces the whole pool.
+        engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size * 2,
+            pool_recycle=1800,
+            pool_timeout=timeout,
+            connect_args={"timeout": timeout},
         )
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+        _translate_outages(engine)
+
+        @event.listens_for(engine.sync_engine, "checkout")
+        def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+            if dbapi_connection.driver_connection.is_closed():
+                raise DisconnectionError("closed while idle in the pool")  # the pool reconnects
+
+        return engine
+    engine = create_async_engine(url, connect_args={"timeout": timeout})
+    _translate_outages(engine)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -53,7 +75,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -64,6 +86,30 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _translate_outages(engine: AsyncEngine) -> None:
+    """Raise `Unavailable` where the driver says the database cannot be reached or used.
+
+    Every statement's error passes `handle_error` (SQLAlchemy still invalidates a lost
+    connection first); connecting passes `do_connect`, since asyncpg's refusals are
+    plain OSErrors that SQLAlchemy does not wrap.
+    """
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> BaseException | None:
+        if context.is_disconnect or database_unavailable(context.original_exception):
+            return unavailable()
+        return None
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _on_connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise unavailable() from exc
+            raise
 
 
 class Database:
@@ -80,8 +126,8 @@ class Database:
         )
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
-        return cls(create_engine(url))
+    def from_url(cls, url: str, *, timeout: float = 30.0) -> Database:
+        return cls(create_engine(url, timeout=timeout))
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -124,6 +170,29 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+# PostgreSQL's codes for failures another try may not meet: the connection (class 08), a
+# serialization failure, a deadlock, the server shutting down or starting, too many clients.
+_TRANSIENT_STATES = ("08", "40001", "40P01", "57P01", "57P02", "57P03", "53300", "55P03")
+
+
+def is_transient(error: BaseException) -> bool:
+    """A database failure worth another try: unreachable, locked, or a lost race."""
+    if database_unavailable(error):  # what the engine raises for an outage: `Unavailable`
+        return True
+    if isinstance(error, OSError | TimeoutError):
+        return True
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, exc.InterfaceError | exc.OperationalError) and "locked" in str(error):
+        return True  # SQLite: another writer held the lock past the busy timeout
+    original = error.orig if isinstance(error, exc.DBAPIError) else error
+    state = getattr(original, "sqlstate", None)
+    if isinstance(state, str):
+        return state.startswith(_TRANSIENT_STATES)
+    # asyncpg's own: the connection closed or was never made.
+    return type(original).__name__ in {"ConnectionDoesNotExistError", "InterfaceError"}
 
 
 def group_by(rows: Iterable[T], keys: Sequence[K], key: Callable[[T], K]) -> dict[K, list[T]]:

@@ -96,6 +96,15 @@ class NodeStatus(enum.StrEnum):
     DISABLED = "disabled"
 
 
+class UsageStatus(enum.StrEnum):
+    """How a completion ended, as its usage record says (docs/billing.md: who pays what)."""
+
+    COMPLETED = "completed"  # the whole answer was delivered
+    CLIENT_DISCONNECTED = "client_disconnected"  # the buyer hung up
+    CLIENT_TIMEOUT = "client_timeout"  # the buyer stopped reading, or outlived the deadline
+    UPSTREAM_ERROR = "upstream_error"  # the node failed or broke off
+
+
 class AccountKind(enum.StrEnum):
     USER = "user"
     FEES = "platform_fees"
@@ -167,6 +176,8 @@ class Node(SQLModel, table=True):
         default=NodeStatus.PENDING, sa_type=StrEnumType(NodeStatus), index=True
     )
     status_reason: str | None = Field(default=None, max_length=500)
+    # What the last check left out of the runtime's model list (too many, bad names).
+    models_note: str | None = Field(default=None, max_length=500)
     capacity: int = Field(default=4)
     consecutive_failures: int = Field(default=0)
     consecutive_successes: int = Field(default=0)
@@ -190,6 +201,8 @@ class NodeModel(SQLModel, table=True):
     loaded: bool = Field(default=False)
     input_price_per_million: int = _money()
     output_price_per_million: int = _money()
+    # When the runtime last offered it (or it was priced); absent long enough, it is pruned.
+    seen_at: datetime = _created()
 
 
 class HealthCheck(SQLModel, table=True):

@@ -11,10 +11,11 @@ from datetime import timedelta
 from infer.accounts.service import LoginPolicy
 from infer.billing.pricing import fee_ppm
 from infer.billing.settlement import expire_holds
+from infer.completions.service import BillingPolicy, Completions
 from infer.config import Settings
 from infer.db import Database
-from infer.completions.service import BillingPolicy, Completions
 from infer.keys.auth import KeyAuthenticator
+from infer.keys.limits import KeyLimits
 from infer.keys.revocations import KeyChanges
 from infer.keys.service import KeyMaterial
 from infer.nodes.clients.base import Deadlines
@@ -22,7 +23,7 @@ from infer.nodes.http import create_http_client
 from infer.nodes.monitor import HealthMonitor
 from infer.nodes.transport import NodeHTTP
 from infer.ratelimit import RateLimiter
-from infer.routing import NodeCatalog, Router, router_state_from_settings
+from infer.routing import NodeCatalog, RedisRouterState, Router, router_state_from_settings
 from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy
 from infer.security.tokens import SessionSigner
@@ -57,7 +58,7 @@ class Resources:
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
-        db = Database.from_url(settings.database_url)
+        db = Database.from_url(settings.database_url, timeout=settings.database_timeout)
         lookup_key = settings.secret("lookup_key")
         keyring = Keyring.parse(settings.secret("encryption_keys"))
         deadlines = Deadlines(
@@ -69,6 +70,7 @@ class Resources:
         )
         policy = AddressPolicy(allow_private=settings.allow_private_endpoints)
         router = Router(NodeCatalog(db), router_state_from_settings(settings))
+        limiter = RateLimiter.from_settings(settings)
         authenticator = KeyAuthenticator(db, lookup_key=lookup_key)
         http = create_http_client(
             allow_private=settings.allow_private_endpoints, deadlines=deadlines
@@ -76,7 +78,7 @@ class Resources:
         return cls(
             settings=settings,
             db=db,
-            limiter=RateLimiter.from_settings(settings),
+            limiter=limiter,
             signer=SessionSigner(settings.secret("secret_key")),
             key_material=KeyMaterial(lookup_key=lookup_key, keyring=keyring),
             authenticator=authenticator,
@@ -109,9 +111,25 @@ class Resources:
                     fee_parts_per_million=fee_ppm(settings.platform_fee),
                     default_max_tokens=settings.default_max_tokens,
                     hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+                    key_limits=KeyLimits(
+                        settings.key_requests_per_minute, settings.key_tokens_per_minute
+                    ),
                 ),
+                limiter=limiter,
             ),
         )
+
+    def redis_status(self) -> str | None:
+        """None without Redis; "degraded" while a part runs on its own state, else "ok"."""
+        if not self.settings.redis_url:
+            return None
+        state = self.router.state
+        views = [
+            self.limiter.redis,
+            self.key_changes.redis,
+            state.redis if isinstance(state, RedisRouterState) else None,
+        ]
+        return "degraded" if any(view is not None and view.down for view in views) else "ok"
 
     def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self._flush_last_used_forever()))

@@ -12,11 +12,11 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from infer.audit import ClientInfo
-from infer.billing import ledger
-from infer.billing.batches import HoldRequest, Settlement, Writers, place_holds, settle_many
 from infer.batching import GroupCommit
+from infer.billing import ledger
+from infer.billing.batches import HoldRequest, Writers, place_holds
 from infer.billing.credits import grant_credits
-from infer.billing.settlement import Usage
+from infer.billing.settlement import Settlement, Usage, settle_many
 from infer.db import Database
 from infer.errors import InsufficientFunds
 from infer.models import Hold, LedgerAccount, UsageRecord, User, utcnow
@@ -113,12 +113,61 @@ async def test_one_bad_settlement_does_not_sink_the_rest_of_its_batch(
     good = Settlement(None, account_id, None, _usage(user_id, 60))
     # More than the balance, with no hold behind it: it cannot be charged.
     bad = Settlement(None, account_id, None, _usage(user_id, 500))
-    results = await settle_many(db, [good, bad], writer=writers.settlements)
+    group: GroupCommit[Settlement, None] = GroupCommit(
+        lambda items: settle_many(db, items, writer=writers.settlements)
+    )
+    results = await asyncio.gather(group.enqueue(good), group.enqueue(bad), return_exceptions=True)
     assert results[0] is None
     assert isinstance(results[1], InsufficientFunds)
     assert (await _account(db, account_id)).balance == 40
     async with db.session() as session:
         assert (await ledger.check_books(session)).balanced
+
+
+async def test_a_poisoned_hold_fails_alone_and_its_batch_is_served(
+    db: Database, writers: Writers
+) -> None:
+    accounts = [(await _buyer(db, f"b{i}@example.com", 1_000))[1] for i in range(4)]
+    group: GroupCommit[HoldRequest, uuid.UUID] = GroupCommit(
+        lambda r: place_holds(db, r, writer=writers.holds)
+    )
+    # One batch (queued before its worker runs): good holds around one no column can carry.
+    futures = [group.enqueue(_hold(a, 100)) for a in accounts[:2]]
+    futures.append(group.enqueue(_hold(accounts[2], 2**63)))
+    futures += [group.enqueue(_hold(a, 100)) for a in accounts[3:]]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert [isinstance(r, uuid.UUID) for r in results] == [True, True, False, True]
+    assert isinstance(results[2], Exception)
+    for account_id, held in zip(accounts, (100, 100, 0, 100), strict=True):
+        assert (await _account(db, account_id)).reserved == held
+
+
+async def test_a_settlement_retries_transient_failures_in_order_until_it_commits() -> None:
+    written: list[int] = []
+    failures = [ConnectionRefusedError("database away")] * 3
+
+    async def run(jobs: Sequence[int]) -> list[BaseException | None]:
+        if failures:
+            raise failures.pop()
+        written.extend(jobs)
+        return [None] * len(jobs)
+
+    group: GroupCommit[int, None] = GroupCommit(run, retry=lambda e: isinstance(e, OSError))
+    futures = [group.enqueue(i) for i in range(3)]
+    await asyncio.sleep(0)
+    futures += [group.enqueue(i) for i in range(3, 6)]
+    assert await asyncio.gather(*futures) == [None] * 6
+    assert written == [0, 1, 2, 3, 4, 5]
+
+
+async def test_closing_gives_up_on_a_database_that_stays_away() -> None:
+    async def run(jobs: Sequence[int]) -> list[BaseException | None]:
+        raise ConnectionRefusedError("database away")
+
+    group: GroupCommit[int, None] = GroupCommit(run, retry=lambda e: isinstance(e, OSError))
+    future = group.enqueue(1)
+    await asyncio.wait_for(group.close(deadline=0.3), timeout=10)
+    assert isinstance(future.exception(), ConnectionRefusedError)
 
 
 async def test_concurrent_jobs_share_batches_and_get_their_own_results() -> None:

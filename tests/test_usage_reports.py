@@ -99,8 +99,7 @@ async def _settle(
     db: Database, spec: Spec, *, buyer: str, key_id: str, operator: str, node: str
 ) -> None:
     earning = _earning(spec.cost)
-    await settlement.settle(
-        db,
+    item = settlement.Settlement(
         hold_id=None,
         buyer_account_id=await settlement.account_of(db, uuid.UUID(buyer)),
         operator_account_id=await settlement.account_of(db, uuid.UUID(operator)),
@@ -120,6 +119,7 @@ async def _settle(
             status=spec.status,
         ),
     )
+    await settlement.settle_many(db, [item])
     async with db.transaction() as session:  # settle stamps "now"; spread the records over days
         await session.exec(
             sa.update(UsageRecord)

@@ -9,7 +9,7 @@ batch: data-modifying CTEs over `unnest`ed arrays, atomic as any single statemen
   fit is left untouched here and retried one request at a time by the general path.
 - Settlements commit durably. The CHECK `balance >= reserved` on user accounts (migration
   0003) turns an impossible debit into an error that rolls the whole statement back;
-  the caller then settles the batch one by one, as on SQLite.
+  the group commit then settles the batch one by one, through this same statement.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from infer.db import Database
+from infer.errors import InsufficientFunds
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,19 @@ WITH released AS (
         completion_tokens, estimated, cost, operator_earning, platform_fee, status, ttft_ms,
         duration_ms, transaction_id, created_at
     )
-    SELECT u.*, $1 FROM unnest(
+    SELECT u.id, u.request_id, u.buyer_id, u.api_key_id,
+           -- a node deregistered while it answered is gone: its records keep no link to it
+           (SELECT n.id FROM nodes n WHERE n.id = u.node_id),
+           u.operator_id, u.model, u.prompt_tokens, u.completion_tokens, u.estimated, u.cost,
+           u.operator_earning, u.platform_fee, u.status, u.ttft_ms, u.duration_ms,
+           u.transaction_id, $1
+    FROM unnest(
         $10::uuid[], $11::text[], $12::uuid[], $13::uuid[], $14::uuid[], $15::uuid[],
         $16::text[], $17::bigint[], $18::bigint[], $19::bool[], $20::bigint[], $21::bigint[],
         $22::bigint[], $23::text[], $24::float8[], $25::float8[], $26::uuid[]
-    ) AS u
+    ) AS u(id, request_id, buyer_id, api_key_id, node_id, operator_id, model, prompt_tokens,
+           completion_tokens, estimated, cost, operator_earning, platform_fee, status, ttft_ms,
+           duration_ms, transaction_id)
 )
 SELECT count(*) FROM moved
 """
@@ -192,4 +201,7 @@ async def settle(
     async def write(connection: asyncpg.Connection) -> None:
         await connection.fetchval(SETTLE_SQL, now, *arrays)
 
-    await writer.run(write)
+    try:
+        await writer.run(write)
+    except asyncpg.CheckViolationError as exc:  # a debit below what stays reserved
+        raise InsufficientFunds("the balance is too low for this") from exc

@@ -8,23 +8,26 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 
 import anyio
 
 from infer.accounts.principal import Principal
-from infer.billing import batches, settlement
 from infer.batching import GroupCommit
-from infer.billing.metering import meter, typical_prompt_tokens
+from infer.billing import batches, settlement
+from infer.billing.metering import Metered, meter, typical_prompt_tokens
 from infer.billing.pricing import cost, estimate_prompt_tokens, split
-from infer.db import Database
+from infer.billing.settlement import Settlement
+from infer.db import Database, is_transient
 from infer.errors import UpstreamError
-from infer.models import utcnow
+from infer.keys.limits import KeyLimits, admit
+from infer.models import UsageStatus, utcnow
 from infer.nodes.clients import client_for
 from infer.nodes.clients.base import ChatChunk, ChatRequest, Deadlines, Usage
 from infer.nodes.transport import NodeHTTP
+from infer.ratelimit import RateLimiter
 from infer.routing.catalog import Candidate
 from infer.routing.preferences import Preferences
 from infer.routing.router import Router
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_SETTLEMENT_BACKLOG = 256  # settlements queued before answers wait for the books
 SETTLEMENT_LINGER_SECONDS = 0.02  # how long a small batch of settlements waits for others
+# At shutdown, settlements still failing (the database away) are retried this long.
+SHUTDOWN_SETTLE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class BillingPolicy:
     fee_parts_per_million: int
     default_max_tokens: int
     hold_ttl: timedelta
+    key_limits: KeyLimits
 
 
 class AccountIds:
@@ -70,30 +76,36 @@ class Completions:
         keyring: Keyring,
         deadlines: Deadlines,
         policy: BillingPolicy,
+        limiter: RateLimiter,
     ) -> None:
         self.db = db
         self.router = router
         self.http = http
         self.keyring = keyring
+        self.limiter = limiter
         self.deadlines = deadlines
         self.policy = policy
         self.accounts = AccountIds(db)
         self.writers = batches.Writers(db)
         # Concurrent requests share hold and settlement transactions (group commit).
         self.holds: GroupCommit[batches.HoldRequest, uuid.UUID] = GroupCommit(
-            lambda requests: batches.place_holds(db, requests, writer=self.writers.holds)
+            lambda requests: batches.place_holds(db, requests, writer=self.writers.holds),
+            name="hold batch",
         )
         # Nobody waits for a settlement (it follows the answer), so a small batch waits
-        # a moment for others: light load shares transactions too.
-        self.settlements: GroupCommit[batches.Settlement, None] = GroupCommit(
-            lambda items: batches.settle_many(db, items, writer=self.writers.settlements),
+        # a moment for others: light load shares transactions too. A delivered answer
+        # must be charged: while the database is away, settlements wait and try again.
+        self.settlements: GroupCommit[Settlement, None] = GroupCommit(
+            lambda items: settlement.settle_many(db, items, writer=self.writers.settlements),
             linger=SETTLEMENT_LINGER_SECONDS,
+            retry=is_transient,
+            name="settlement batch",
         )
 
     async def close(self) -> None:
         """Let the holds and settlements already submitted reach the database."""
         await self.holds.drained()
-        await self.settlements.drained()
+        await self.settlements.close(deadline=SHUTDOWN_SETTLE_SECONDS)
         await self.writers.close()
 
     async def settled(self) -> None:
@@ -102,6 +114,8 @@ class Completions:
         Settlements are written after the answer is sent; a reader who wants to see
         its own completions (a balance, usage) waits here first, usually not at all.
         """
+        if self.holds.pending:  # a refused request's hold is given back once it is placed
+            await self.holds.drained()
         if self.settlements.pending:
             await self.settlements.drained()
 
@@ -112,13 +126,13 @@ class Completions:
         request: ChatRequest,
         preferences: Preferences,
         request_id: str,
-        admission: Callable[[], Awaitable[None]] | None = None,
     ) -> Completion:
-        """Hold the worst case and get the first chunk from the best node that answers.
+        """Check the key's limits, hold the worst case, and get the first chunk from the
+        best node that answers.
 
-        `admission` (the rate-limit check) runs while the hold is being placed, so their
-        round trips overlap; both must pass before any node is called, and a refused
-        admission gives the hold back.
+        The limits are counted while the hold is being placed, so their round trips
+        overlap; both must pass before any node is called, and a refused request gives
+        its hold back.
         """
         max_tokens = request.max_tokens or self.policy.default_max_tokens
         contents = [m.content for m in request.messages]
@@ -149,14 +163,17 @@ class Completions:
                     expires_at=utcnow() + self.policy.hold_ttl,
                 )
             )
-        if admission is not None:
-            try:
-                await admission()
-            except BaseException:
-                if held is not None:
-                    with anyio.CancelScope(shield=True):
-                        await self._give_back(held)
-                raise
+        try:
+            rate_limits = await admit(
+                self.limiter,
+                buyer,
+                defaults=self.policy.key_limits,
+                tokens=prompt_bound + max_tokens,
+            )
+        except BaseException:
+            if held is not None:
+                held.add_done_callback(self._give_back)
+            raise
         hold_id = None if held is None else await asyncio.shield(held)
         completion = Completion(
             self,
@@ -169,22 +186,23 @@ class Completions:
             prompt_typical=typical_prompt_tokens(contents),
             max_tokens=max_tokens,
         )
+        completion.rate_limits = rate_limits
         try:
             await completion.connect(attempts)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                if hold_id is not None:
-                    await settlement.release_hold(self.db, hold_id=hold_id)
+            if hold_id is not None:
+                self.release(hold_id)
             raise
         return completion
 
-    async def _give_back(self, held: asyncio.Future[uuid.UUID]) -> None:
+    def release(self, hold_id: uuid.UUID) -> None:
+        """Give a hold back without charging; written with the settlements, never lost."""
+        self.settlements.enqueue(Settlement(hold_id)).add_done_callback(_log_failure)
+
+    def _give_back(self, held: asyncio.Future[uuid.UUID]) -> None:
         """Release a hold placed for a request that was refused meanwhile (before answering)."""
-        try:
-            hold_id = await asyncio.shield(held)
-        except Exception:  # no hold was placed (too little money): nothing to give back
-            return
-        await settlement.release_hold(self.db, hold_id=hold_id)
+        if not held.cancelled() and held.exception() is None:
+            self.release(held.result())
 
     def token_of(self, candidate: Candidate) -> str | None:
         if candidate.token_ciphertext is None or candidate.token_key_version is None:
@@ -198,6 +216,7 @@ class Completion:
     """A running completion: its chunks, then `finish()` to meter and settle exactly once.
 
     `finish()` returns the final usage at once; the settlement is written right after.
+    `rate_limits` are the key's x-ratelimit-* headers as this request left them.
     """
 
     def __init__(
@@ -226,11 +245,13 @@ class Completion:
         self._stream: AsyncIterator[list[ChatChunk]] | None = None
         self._first: list[ChatChunk] | None = None
         self._started = time.perf_counter()
+        self.started_at = time.monotonic()
         self._ttft_ms: float | None = None
         self.chunks_relayed = 0
         self.bytes_relayed = 0
         self.finish_reason: str | None = None
         self.usage: settlement.Usage | None = None
+        self.rate_limits: dict[str, str] = {}
         self._reported: Usage | None = None
 
     async def connect(self, attempts: list[Candidate]) -> None:
@@ -293,22 +314,40 @@ class Completion:
                 self._reported = chunk.usage
         return batch
 
-    async def finish(self, *, status: str) -> settlement.Usage:
-        """Close the upstream, meter, and settle; safe to call more than once."""
+    async def whole(self) -> tuple[str, str]:
+        """The whole answer and its finish reason, for a buyer who did not ask for a stream.
+
+        Nothing reaches the buyer before the end, so a node that breaks off mid-way costs
+        them nothing: the UpstreamError is raised and no token is charged.
+        """
+        parts: list[str] = []
+        try:
+            async for batch in self.batches():
+                parts += (piece.content for piece in batch)
+        except UpstreamError:
+            await self.finish(status=UsageStatus.UPSTREAM_ERROR, charge=False)
+            raise
+        await self.finish(status=UsageStatus.COMPLETED)
+        return "".join(parts), self.finish_reason or "stop"
+
+    async def finish(self, *, status: UsageStatus, charge: bool = True) -> settlement.Usage:
+        """Close the upstream, meter, and settle; safe to call more than once (the first
+        call decides). `charge=False`: nothing was delivered, so nothing is billed.
+        """
         usage = self.usage
         if usage is None:
             with anyio.CancelScope(shield=True):
                 if self._stream is not None:
                     await _close(self._stream)
-                usage = await self._settle(status)
+                usage = await self._settle(status, charge)
                 self.usage = usage
         assert usage is not None  # a shield scope is never cancelled, so it was set
         return usage
 
-    async def _settle(self, status: str) -> settlement.Usage:
+    async def _settle(self, status: UsageStatus, charge: bool) -> settlement.Usage:
         candidate = self.candidate
         assert candidate is not None
-        complete = status == "completed" and self.finish_reason is not None
+        complete = status == UsageStatus.COMPLETED and self.finish_reason is not None
         metered = meter(
             reported=self._reported,
             complete=complete,
@@ -318,6 +357,8 @@ class Completion:
             relayed_bytes=self.bytes_relayed,
             max_tokens=self.max_tokens,
         )
+        if not charge:
+            metered = Metered(prompt_tokens=0, completion_tokens=0, estimated=False)
         duration_ms = (time.perf_counter() - self._started) * 1000
         amount = cost(
             prompt_tokens=metered.prompt_tokens,
@@ -346,33 +387,34 @@ class Completion:
         generation_s = (duration_ms - (self._ttft_ms or 0)) / 1000
         await self.owner.router.state.release(
             candidate.node_id,
-            ok=status != "upstream_error",
+            ok=status != UsageStatus.UPSTREAM_ERROR,
             ttft_ms=self._ttft_ms,
             tokens_per_second=(
                 throughput_sample(metered.completion_tokens, generation_s) if complete else None
             ),
         )
         # Written after the answer goes out (the caller does not wait): the figures are
-        # final now, and if the process dies first, the hold expires.
+        # final now. Transient failures are retried until the write commits.
         written = self.owner.settlements.enqueue(
-            batches.Settlement(
+            Settlement(
                 hold_id=self.hold_id,
                 buyer_account_id=self.account_id,
                 operator_account_id=await self.owner.accounts.of(candidate.operator_id),
                 usage=usage,
             )
         )
-        written.add_done_callback(self._check_settled)
+        written.add_done_callback(_log_failure)
         if self.owner.settlements.backlog > MAX_SETTLEMENT_BACKLOG:
             # The books fall behind the answers: wait, so that load slows to their pace.
             with contextlib.suppress(Exception):
                 await asyncio.shield(written)
         return usage
 
-    def _check_settled(self, written: asyncio.Future[None]) -> None:
-        if not written.cancelled() and written.exception() is not None:
-            # The answer was delivered; the hold expires, and this is the alert.
-            log.error("could not settle request %s", self.request_id, exc_info=written.exception())
+
+def _log_failure(written: asyncio.Future[None]) -> None:
+    if not written.cancelled() and written.exception() is not None:
+        # Retries are over (a permanent error, or shutdown's deadline): this is the alert.
+        log.error("a settlement could not be written", exc_info=written.exception())
 
 
 async def _close(stream: AsyncIterator[list[ChatChunk]]) -> None:

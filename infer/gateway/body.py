@@ -58,7 +58,7 @@ class ChatCompletionBody(BaseModel):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     user: str | None = None
     provider: dict[str, Any] | None = None
@@ -94,10 +94,13 @@ class ChatCompletionBody(BaseModel):
         )
 
 
-def parse_body(raw: bytes) -> ChatCompletionBody:
-    """Validate the JSON body; a BadInput names the first offending field."""
+def parse_body(raw: bytes, *, max_tokens_limit: int) -> ChatCompletionBody:
+    """Validate the JSON body; a BadInput names the first offending field.
+
+    `max_tokens_limit` bounds the answer, and so the hold: a request may not ask for more.
+    """
     try:
-        return ChatCompletionBody.model_validate_json(raw)
+        body = ChatCompletionBody.model_validate_json(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
         location = ".".join(str(part) for part in error["loc"]) or None
@@ -109,3 +112,10 @@ def parse_body(raw: bytes) -> ChatCompletionBody:
             raise BadInput(f"missing required parameter: {location}", param=location) from exc
         message = str(error["msg"]).removeprefix("Value error, ")
         raise BadInput(f"invalid value for {location}: {message}", param=location) from exc
+    for param in ("max_tokens", "max_completion_tokens"):
+        value = getattr(body, param)
+        if value is not None and value > max_tokens_limit:
+            raise BadInput(
+                f"{param} must be at most {max_tokens_limit} on this platform", param=param
+            )
+    return body

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncpg
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -16,9 +18,11 @@ from infer.errors import (
     PayloadTooLarge,
     RateLimited,
     Unauthenticated,
+    Unavailable,
     UpstreamError,
     UpstreamTimeout,
 )
+from infer.outages import database_unavailable, unavailable
 
 # (type, code) in OpenAI's vocabulary, most specific class first.
 _KINDS: list[tuple[type[InferError], str, str]] = [
@@ -30,6 +34,7 @@ _KINDS: list[tuple[type[InferError], str, str]] = [
     (InsufficientFunds, "insufficient_quota", "insufficient_quota"),
     (RateLimited, "rate_limit_error", "rate_limit_exceeded"),
     (NoNodeAvailable, "service_unavailable", "no_node_available"),
+    (Unavailable, "service_unavailable", "database_unavailable"),
     (UpstreamTimeout, "upstream_error", "upstream_timeout"),
     (UpstreamError, "upstream_error", "upstream_error"),
 ]
@@ -48,7 +53,7 @@ def error_body(error: InferError) -> dict[str, object]:
 
 def error_response(error: InferError, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | Unavailable):
         headers["retry-after"] = str(error.retry_after)
     if isinstance(error, Unauthenticated):
         headers["www-authenticate"] = "Bearer"
@@ -74,6 +79,31 @@ async def http_error(request: Request, exc: Exception) -> Response:
         message, code = exc.detail, "invalid_request"
     body = _body(message, "invalid_request_error", code)
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+# What a database outage may still look like when it reaches the app: `Unavailable`, or a
+# driver's error raised outside the engine (a raw asyncpg connection, the pool's timeout).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    Unavailable,
+    OSError,
+    PoolTimeout,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+async def outage_error(request: Request, exc: Exception) -> Response:
+    """The database unreachable, whatever form it took: 503 with Retry-After, no details.
+
+    Anything else of these classes is unexpected and goes on to `server_error`.
+    """
+    if not database_unavailable(exc):
+        raise exc
+    error = exc if isinstance(exc, Unavailable) else unavailable()
+    if _is_api(request):
+        return error_response(error)
+    headers = {"retry-after": str(error.retry_after)}
+    return PlainTextResponse(error.message, status_code=error.status, headers=headers)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
+import anyio
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from infer.accounts.principal import Principal
 from infer.billing.money import format_usd
-from infer.billing.pricing import estimate_prompt_tokens
+from infer.completions.service import Completion
 from infer.errors import InferError, Unauthenticated, UpstreamError
 from infer.gateway.body import ChatCompletionBody, parse_body
-from infer.completions.service import Completion
 from infer.gateway.errors import error_body, error_response
-from infer.keys.limits import KeyLimits, admit
+from infer.gateway.stream import BuyerStream
+from infer.models import UsageStatus
 from infer.resources import Resources
 from infer.routing.preferences import parse_preferences
+
+T = TypeVar("T")
 
 
 async def _authenticate(request: Request, resources: Resources) -> Principal:
@@ -32,45 +36,32 @@ async def _authenticate(request: Request, resources: Resources) -> Principal:
 
 async def chat_completions(request: Request) -> Response:
     resources: Resources = request.state.resources
+    settings = resources.settings
     request_id = uuid.uuid4().hex
     headers = {"x-request-id": request_id}
     try:
         principal = await _authenticate(request, resources)
-        body = parse_body(await request.body())
-        chat = body.to_chat_request(
-            max_tokens=body.requested_max_tokens() or resources.settings.default_max_tokens
-        )
-        expected = estimate_prompt_tokens(m.content for m in chat.messages)
-
-        async def admitted() -> None:
-            headers.update(
-                await admit(
-                    resources.limiter,
-                    principal,
-                    defaults=KeyLimits(
-                        resources.settings.key_requests_per_minute,
-                        resources.settings.key_tokens_per_minute,
-                    ),
-                    tokens=expected + (chat.max_tokens or 0),
-                )
-            )
-
+        body = parse_body(await request.body(), max_tokens_limit=settings.max_tokens_limit)
         completion = await resources.completions.start(
             buyer=principal,
-            request=chat,
+            request=body.to_chat_request(
+                max_tokens=body.requested_max_tokens() or settings.default_max_tokens
+            ),
             preferences=parse_preferences(body.provider),
             request_id=request_id,
-            admission=admitted,
         )
     except InferError as error:
         return error_response(error, headers)
+    headers.update(completion.rate_limits)
     if body.stream:
-        return StreamingResponse(
+        return BuyerStream(
             _events(completion, body),
-            media_type="text/event-stream",
+            completion,
+            write_timeout=settings.client_write_timeout,
+            deadline=completion.started_at + settings.upstream_total_timeout,
             headers=headers | {"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
-    return await _whole(completion, body, headers)
+    return await _whole(request, completion, body, headers)
 
 
 def _id(completion: Completion) -> str:
@@ -108,7 +99,7 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
     # Every content event after the first differs only in its text: encode the rest once.
     head, _, tail = _sse(chunk({"content": ""}, None)).partition(b'"content":""')
     head += b'"content":'
-    status = "client_disconnected"
+    status = UsageStatus.CLIENT_DISCONNECTED
     try:
         finish = None
         sent_role = False
@@ -127,7 +118,7 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
                     sent_role = True
             if events:
                 yield b"".join(events)
-        status = "completed"
+        status = UsageStatus.COMPLETED
         await completion.finish(status=status)
         last = chunk({}, finish or "stop")
         if body.include_usage:
@@ -136,7 +127,7 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
         else:
             yield _sse({**last, "usage": _usage(completion)}) + b"data: [DONE]\n\n"
     except UpstreamError as error:
-        status = "upstream_error"
+        status = UsageStatus.UPSTREAM_ERROR
         await completion.finish(status=status)
         yield _sse(error_body(error))
         yield b"data: [DONE]\n\n"
@@ -145,37 +136,51 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
 
 
 async def _whole(
-    completion: Completion, body: ChatCompletionBody, headers: dict[str, str]
+    request: Request, completion: Completion, body: ChatCompletionBody, headers: dict[str, str]
 ) -> Response:
-    parts: list[str] = []
-    finish = None
     try:
-        async for batch in completion.batches():
-            for piece in batch:
-                parts.append(piece.content)
-                finish = piece.finish_reason or finish
+        answer = await _unless_disconnected(request, completion.whole())
     except UpstreamError as error:
-        await completion.finish(status="upstream_error")
         return error_response(error, headers)
-    finally:
-        await completion.finish(status="completed" if finish else "client_disconnected")
-    answer = orjson.dumps(
-        {
-            "id": _id(completion),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(parts)},
-                    "finish_reason": finish or "stop",
-                }
-            ],
-            "usage": _usage(completion),
-        }
-    )
-    return Response(answer, headers=headers, media_type="application/json")
+    finally:  # the buyer hung up: the upstream is cancelled, what it produced is charged
+        await completion.finish(status=UsageStatus.CLIENT_DISCONNECTED)
+    if answer is None:
+        return Response(status_code=499)  # nobody is listening any more
+    text, finish = answer
+    payload = {
+        "id": _id(completion),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+            }
+        ],
+        "usage": _usage(completion),
+    }
+    return Response(orjson.dumps(payload), headers=headers, media_type="application/json")
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None as soon as the buyer disconnects (`work` is then cancelled).
+
+    The body has been read, so the next message the server sends is the disconnect.
+    """
+    result: T | None = None
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        result = await work
+        group.cancel_scope.cancel()
+    return result
 
 
 async def list_models(request: Request) -> Response:
