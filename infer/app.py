@@ -79,6 +79,7 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
         max_depth=settings.graphql_max_depth,
         max_aliases=settings.graphql_max_aliases,
         max_tokens=settings.graphql_max_tokens,
+        anonymous_introspection=not settings.is_production,
     )
     graphql = GraphQLView(
         schema,

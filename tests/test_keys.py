@@ -119,7 +119,12 @@ async def test_rotation_with_a_grace_period_keeps_the_old_secret_working(
 ) -> None:
     key_id = await _key_id(graphql, user_key)
     await graphql(ROTATE, {"id": key_id, "g": 3600}, key=user_key)
-    body = await graphql(ME_KEYS, key=user_key)
+    # Still a gateway key; GraphQL (the account) is for the replacement and the session.
+    models = await graphql.http.get(
+        "/api/v1/models", headers={"Authorization": f"Bearer {user_key}"}
+    )
+    assert models.status_code == 200
+    body = await graphql(ME_KEYS)
     old = next(k for k in body["data"]["me"]["apiKeys"] if k["id"] == key_id)  # type: ignore[index]
     assert old["expiresAt"] is not None
     assert old["revokedAt"] is None

@@ -39,6 +39,7 @@ async def test_buyers_see_providers_and_review_the_ones_they_used(
     graphql: GraphQLClient, db: Database
 ) -> None:
     operator = await _user(graphql, "gpu-farm@example.com")
+    await graphql('mutation { setDisplayName(name: "gpu-farm") { id } }', key=operator)
     prices = [{"model": "llama3.2:1b", "inputPerMillion": "0.1", "outputPerMillion": "0.2"}]
     with serve_simulator_in_thread(SimulatorConfig(models=("llama3.2:1b", "unpriced:7b"))) as url:
         node = {"name": "n1", "runtime": "OLLAMA", "endpoint": url, "prices": prices}

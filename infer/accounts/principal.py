@@ -17,6 +17,9 @@ class Principal:
     # Per-key overrides of the default rate limits (None: the platform's defaults).
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    # An API key replaced by a rotation, in its grace period: it may still call the gateway
+    # (so running clients keep working until redeployed) but not manage the account.
+    retiring: bool = False
 
     @property
     def is_admin(self) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
 from infer.accounts.principal import Principal
@@ -85,9 +86,11 @@ class KeyAuthenticator:
             task.exception()  # retrieved here, so nobody waiting is not an error
 
     async def _load(self, digest: str) -> _Entry | None:
+        successor = aliased(ApiKey)
+        rotated = sa.exists().where(col(successor.rotated_from_id) == col(ApiKey.id))
         async with self._db.session() as session:
             result = await session.exec(
-                select(ApiKey, User)
+                select(ApiKey, User, rotated.label("rotated"))
                 .join(User, col(ApiKey.user_id) == col(User.id))
                 .where(ApiKey.digest == digest)
             )
@@ -95,7 +98,7 @@ class KeyAuthenticator:
         if row is None:
             self._cache.pop(digest, None)
             return None
-        key, user = row
+        key, user, was_rotated = row
         entry = _Entry(
             principal=Principal(
                 user_id=user.id,
@@ -103,6 +106,7 @@ class KeyAuthenticator:
                 api_key_id=key.id,
                 requests_per_minute=key.requests_per_minute,
                 tokens_per_minute=key.tokens_per_minute,
+                retiring=bool(was_rotated),
             ),
             digest=key.digest,
             expires_at=key.expires_at,

@@ -14,7 +14,7 @@ from infer import audit
 from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
 from infer.db import Database, group_by
-from infer.errors import BadInput, NotFound
+from infer.errors import BadInput, Conflict, NotFound
 from infer.models import ApiKey, utcnow
 from infer.security import apikeys
 from infer.security.crypto import Keyring
@@ -74,6 +74,12 @@ async def _active_count(session: AsyncSession, user_id: uuid.UUID) -> int:
     return int(result.one())
 
 
+async def _was_rotated(session: AsyncSession, key_id: uuid.UUID) -> bool:
+    """Whether a replacement was issued for this key (it is retiring, or already gone)."""
+    result = await session.exec(select(ApiKey.id).where(ApiKey.rotated_from_id == key_id).limit(1))
+    return result.first() is not None
+
+
 async def _owned_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:
     key = await session.get(ApiKey, key_id, with_for_update=True)
     if key is None or key.user_id != principal.user_id:
@@ -117,6 +123,13 @@ async def rotate_key(
         now = utcnow()
         if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
             raise NotFound("no such API key", param="id")
+        # Rotating a retiring key again would fork its line of replacements: two live
+        # successors of one secret, and a grace period that could be stretched for ever.
+        if await _was_rotated(session, old.id):
+            raise Conflict("this key was already rotated; rotate its replacement", param="id")
+        # With a grace period the old key stays active beside the new one for a while.
+        if grace_seconds and await _active_count(session, principal.user_id) >= MAX_ACTIVE_KEYS:
+            raise BadInput(f"at most {MAX_ACTIVE_KEYS} active keys; revoke one first")
         issued = _new_key(principal.user_id, old.name, material)
         issued.api_key.rotated_from_id = old.id
         issued.api_key.requests_per_minute = old.requests_per_minute

@@ -11,6 +11,7 @@ from sqlmodel import col, select
 
 from infer import audit
 from infer.accounts.principal import Principal
+from infer.accounts.profile import display_name
 from infer.audit import ClientInfo
 from infer.db import Database
 from infer.errors import BadInput, Conflict, Forbidden, NotFound
@@ -21,7 +22,7 @@ MAX_COMMENT = 2000
 
 @dataclass(frozen=True)
 class Provider:
-    """An operator as buyers see it: no endpoints, no email, only what they buy."""
+    """An operator as buyers see it: its display name, never endpoints or anything of its email."""
 
     id: uuid.UUID
     name: str
@@ -56,13 +57,13 @@ async def list_providers(db: Database) -> list[Provider]:
         )
         figures = {pid: (float(avg), int(count)) for pid, avg, count in ratings}
         names = await session.exec(
-            select(User.id, User.email).where(col(User.id).in_(list(models)))
+            select(User.id, User.display_name).where(col(User.id).in_(list(models)))
         )
-        labels = {uid: _public_name(email) for uid, email in names}
+        labels = {uid: display_name(uid, chosen) for uid, chosen in names}
     providers = [
         Provider(
             id=operator_id,
-            name=labels.get(operator_id, "provider"),
+            name=labels.get(operator_id) or display_name(operator_id, None),
             rating=round(figures[operator_id][0], 2) if operator_id in figures else None,
             review_count=figures.get(operator_id, (0.0, 0))[1],
             models=tuple(sorted(offered_models)),
@@ -70,11 +71,6 @@ async def list_providers(db: Database) -> list[Provider]:
         for operator_id, offered_models in models.items()
     ]
     return sorted(providers, key=lambda p: (-(p.rating or 0), -p.review_count, p.name))
-
-
-def _public_name(email: str) -> str:
-    """The part of the email before the @: buyers never see the address itself."""
-    return email.split("@", 1)[0]
 
 
 async def create_review(

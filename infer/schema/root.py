@@ -9,6 +9,7 @@ from strawberry.schema.config import StrawberryConfig
 from infer.schema import api_key, marketplace, notification, user
 from infer.schema import node as nodes
 from infer.schema.errors import InferErrors, Schema
+from infer.schema.introspection import AnonymousIntrospection
 from infer.schema.scalars import SCALARS
 
 
@@ -33,6 +34,10 @@ class Mutation:
     change_password: user.User = strawberry.mutation(
         resolver=user.change_password,
         description="Replace the password; every other session ends.",
+    )
+    set_display_name: user.User = strawberry.mutation(
+        resolver=user.set_display_name,
+        description="Choose the name buyers see for you as a provider (unique in any case).",
     )
     create_api_key: api_key.IssuedApiKey = strawberry.mutation(resolver=api_key.create_api_key)
     rotate_api_key: api_key.IssuedApiKey = strawberry.mutation(
@@ -67,17 +72,27 @@ class Mutation:
     )
 
 
-def build_schema(*, max_depth: int = 12, max_aliases: int = 30, max_tokens: int = 2000) -> Schema:
+def build_schema(
+    *,
+    max_depth: int = 12,
+    max_aliases: int = 30,
+    max_tokens: int = 2000,
+    anonymous_introspection: bool = True,
+) -> Schema:
+    """The schema with its limits; production passes anonymous_introspection=False."""
+    extensions = [
+        lambda: QueryDepthLimiter(max_depth=max_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
+        lambda: MaxTokensLimiter(max_token_count=max_tokens),
+        InferErrors,
+    ]
+    if not anonymous_introspection:
+        extensions.append(AnonymousIntrospection)
     return Schema(
         query=Query,
         mutation=Mutation,
         config=StrawberryConfig(scalar_map=SCALARS),
-        extensions=[
-            lambda: QueryDepthLimiter(max_depth=max_depth),
-            lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
-            lambda: MaxTokensLimiter(max_token_count=max_tokens),
-            InferErrors,
-        ],
+        extensions=extensions,
     )
 
 

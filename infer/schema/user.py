@@ -10,7 +10,7 @@ from starlette.responses import Response
 from strawberry.types import Info
 
 from infer import notifications
-from infer.accounts import service
+from infer.accounts import profile, service
 from infer.accounts.service import LoggedIn
 from infer.config import Settings
 from infer.models import User as UserRow
@@ -34,10 +34,18 @@ class User:
     id: strawberry.ID
     email: str
     role: str
+    display_name: str = strawberry.field(
+        description="What buyers see of you as a provider: your choice, or a neutral default."
+    )
 
     @classmethod
     def from_model(cls, row: UserRow) -> User:
-        return cls(id=strawberry.ID(str(row.id)), email=row.email, role=row.role.value)
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            email=row.email,
+            role=row.role.value,
+            display_name=profile.display_name(row.id, row.display_name),
+        )
 
     balance: Money = strawberry.field(
         resolver=_balance, description="Funds available to spend: the balance less holds."
@@ -100,6 +108,16 @@ async def me(info: Info[Context, Any]) -> User:
     principal = require_principal(info)
     row = await service.user_by_id(info.context.resources.db, principal.user_id)
     assert row is not None  # the principal was just authenticated
+    return User.from_model(row)
+
+
+async def set_display_name(info: Info[Context, Any], name: str) -> User:
+    row = await profile.set_display_name(
+        info.context.resources.db,
+        principal=require_principal(info),
+        name=name,
+        client=info.context.client,
+    )
     return User.from_model(row)
 
 

@@ -79,7 +79,13 @@ class GraphQLView(GraphQL[Context, None]):
             scheme, _, credentials = authorization.partition(" ")
             if scheme.lower() != "bearer" or not credentials.strip():
                 return await resources.authenticator.authenticate("")
-            return await resources.authenticator.authenticate(credentials.strip())
+            principal = await resources.authenticator.authenticate(credentials.strip())
+            if principal.retiring:
+                raise Forbidden(
+                    "this API key was rotated and only works on /api/v1 until it expires;"
+                    " use its replacement"
+                )
+            return principal
         token = request.cookies.get(SESSION_COOKIE)
         if token is None:
             return None
