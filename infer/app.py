@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from infer.config import Settings, load_settings
-from infer.gateway.errors import http_error, server_error
+from infer.gateway.errors import OUTAGE_ERRORS, http_error, outage_error, server_error
 from infer.gateway.routes import routes as gateway_routes
 from infer.middleware import BodySizeLimit, SecurityHeaders
 from infer.resources import Resources
@@ -36,9 +36,15 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    if await request.state.resources.db.ping():
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "database unreachable"}, status_code=503)
+    """503 only without the database; Redis unreachable is "degraded" (served on local state)."""
+    resources: Resources = request.state.resources
+    parts = {"database": "ok" if await resources.db.ping() else "unreachable"}
+    redis = resources.redis_status()
+    if redis is not None:
+        parts["redis"] = redis
+    if parts["database"] != "ok":
+        return JSONResponse({"status": "database unreachable", **parts}, status_code=503)
+    return JSONResponse({"status": "degraded" if redis == "degraded" else "ready", **parts})
 
 
 def app_from_environment() -> Starlette:
@@ -115,7 +121,11 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
         Middleware(SecurityHeaders, production=settings.is_production),
         Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
     ]
-    exception_handlers = {HTTPException: http_error, Exception: server_error}
+    exception_handlers = {
+        HTTPException: http_error,
+        **dict.fromkeys(OUTAGE_ERRORS, outage_error),
+        Exception: server_error,
+    }
     return Starlette(
         routes=routes,
         middleware=middleware,

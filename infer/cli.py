@@ -19,7 +19,7 @@ from infer.billing.credits import grant_credits
 from infer.billing.money import format_usd, parse_usd
 from infer.config import Settings, load_settings
 from infer.db import Database, upgrade_database
-from infer.errors import InferError
+from infer.errors import InferError, Unavailable
 
 if TYPE_CHECKING:
     from infer.agent.register import RegistrationOptions
@@ -328,10 +328,11 @@ def _configuration_problems(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def _database_problem(settings: Settings, error: OSError | DBAPIError) -> str:
+def _database_problem(settings: Settings, error: OSError | DBAPIError | Unavailable) -> str:
     """One line naming the database (without its password) and what went wrong."""
     where = make_url(settings.database_url).render_as_string(hide_password=True)
-    reason = error.orig if isinstance(error, DBAPIError) else error
+    cause = error.__cause__ if isinstance(error, Unavailable) else error
+    reason = cause.orig if isinstance(cause, DBAPIError) else cause or error
     return f"cannot use the database {where}: {reason}"
 
 
@@ -353,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"infer: configuration error: {exc}", file=sys.stderr)
         return 2
     except (InferError, CommandError) as exc:
+        if isinstance(exc, Unavailable) and settings is not None:
+            print(f"infer: {_database_problem(settings, exc)}", file=sys.stderr)
+            return 1
         print(f"infer: {exc}", file=sys.stderr)
         return 1
     except (OSError, DBAPIError) as exc:

@@ -10,6 +10,7 @@ InferError
 ├── RateLimited          too many requests for now
 ├── InsufficientFunds    the balance cannot cover it
 ├── NoNodeAvailable      nothing can serve the request now
+├── Unavailable          the database cannot be reached just now
 └── UpstreamError        a node failed or answered badly
     └── UpstreamTimeout  a node took too long
 """
@@ -93,6 +94,21 @@ class NoNodeAvailable(InferError):
 
     code = "NO_NODE_AVAILABLE"
     status = 503
+
+
+class Unavailable(InferError):
+    """The database could not be reached or used just now; `retry_after` says when to retry.
+
+    Raised at the database boundary (`infer/outages.py`) in place of the driver's error;
+    nothing was done, so the same request may be sent again.
+    """
+
+    code = "UNAVAILABLE"
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
 
 
 class UpstreamError(InferError):

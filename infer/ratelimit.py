@@ -3,12 +3,14 @@
 The counters follow the `limits` library's sliding window counter (its keys, its Redis Lua
 script and its memory storage's aligned windows), so replicas still on `limits` share counts
 with these; what this adds is counting several limits at once, all or none, in one round trip.
+While Redis is unreachable, limits are counted in this process instead (`FailoverCounters`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -19,11 +21,14 @@ from limits import RateLimitItem, parse
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from infer.batching import GroupCommit
 from infer.config import Settings
 from infer.errors import RateLimited
+from infer.outages import REDIS_BACKOFF_SECONDS, Reachability
+
+log = logging.getLogger(__name__)
 
 # The longest a limiter call may wait on Redis, connecting included. redis-py would bound
 # each command with its socket_timeout, but it sends through asyncio.wait_for (one more Task
@@ -163,7 +168,7 @@ class RedisCounters:
         self._prefix = prefix
         self._timeout = timeout
         self._connection: AbstractConnection | None = None
-        self._calls: GroupCommit[_Job, list[int]] = GroupCommit(self._run)
+        self._calls: GroupCommit[_Job, list[int]] = GroupCommit(self._run, split_failed=False)
 
     async def _run(self, jobs: Sequence[_Job]) -> Sequence[list[int] | BaseException]:
         async with asyncio.timeout(self._timeout):
@@ -212,6 +217,11 @@ class RedisCounters:
     @classmethod
     def from_url(cls, url: str, *, prefix: str) -> RedisCounters:
         return cls(Redis.from_url(url, socket_timeout=None), prefix=prefix)
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers within the timeout."""
+        async with asyncio.timeout(self._timeout):
+            await self._redis.ping()
 
     async def count(self, costs: Sequence[tuple[Limit, int]], *, commit: bool) -> Verdict:
         keys: list[str] = []
@@ -319,6 +329,55 @@ def _window(limit: Limit, counts: _Counts, now: float) -> Window:
     )
 
 
+# What a Redis that is down or unreachable raises (TimeoutError: our own deadline).
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class FailoverCounters:
+    """Counters in Redis while it answers, else in this process; back to Redis when it is.
+
+    Once a call fails, every call is counted in memory at once (none waits on Redis) while
+    a background task pings Redis every back-off until it answers. Counts made in memory
+    meanwhile stay there: for the outage each replica enforces the limits on its own.
+    """
+
+    def __init__(self, shared: RedisCounters, *, backoff: float = REDIS_BACKOFF_SECONDS) -> None:
+        self._shared = shared
+        self._local = MemoryCounters()
+        self._backoff = backoff
+        self.reachability = Reachability(log, meanwhile="rate limits are counted in this process")
+        self._probe: asyncio.Task[None] | None = None
+
+    async def count(self, costs: Sequence[tuple[Limit, int]], *, commit: bool) -> Verdict:
+        if not self.reachability.down:
+            try:
+                return await self._shared.count(costs, commit=commit)
+            except REDIS_ERRORS as exc:
+                self.reachability.failed(exc)
+                if self._probe is None:
+                    self._probe = asyncio.create_task(self._wait_for_redis(), name="redis-probe")
+        return await self._local.count(costs, commit=commit)
+
+    async def _wait_for_redis(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self._backoff)
+                try:
+                    await self._shared.ping()
+                except REDIS_ERRORS as exc:
+                    self.reachability.failed(exc)
+                else:
+                    self.reachability.succeeded()
+                    return
+        finally:
+            self._probe = None
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        await self._shared.close()
+
+
 class RateLimiter:
     """Named limits ("10/5 minutes") counted in one set of counters for the whole platform."""
 
@@ -328,8 +387,15 @@ class RateLimiter:
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
         if settings.redis_url:
-            return cls(RedisCounters.from_url(settings.redis_url, prefix=settings.redis_prefix))
+            redis = RedisCounters.from_url(settings.redis_url, prefix=settings.redis_prefix)
+            return cls(FailoverCounters(redis))
         return cls(MemoryCounters())
+
+    @property
+    def redis(self) -> Reachability | None:
+        """How Redis looks to the limiter; None when it counts in this process by design."""
+        counters = self._counters
+        return counters.reachability if isinstance(counters, FailoverCounters) else None
 
     async def acquire(self, *costs: tuple[Limit, int]) -> Verdict:
         """Count each cost against its limit if all of them fit, else none; one round trip.

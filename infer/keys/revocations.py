@@ -3,6 +3,8 @@
 Each replica caches key lookups for a few seconds. With Redis configured, a replica
 that revokes, rotates or re-limits a key publishes its id, and every replica drops it
 from its cache on receipt. Without Redis there is one process, which forgets directly.
+While Redis is unreachable, nothing is published (other replicas' caches still expire
+within seconds) and the listener reconnects every second, logging the loss once.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from infer.outages import Reachability
+
 log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 1.0
 POLL_SECONDS = 0.25
+PUBLISH_TIMEOUT = 2.0
 
 
 class KeyChanges:
@@ -29,6 +34,9 @@ class KeyChanges:
         self._channel = channel
         self._forget = forget
         self._stopped = False
+        self.redis = Reachability(
+            log, meanwhile="API key changes reach other replicas only as their caches expire"
+        )
 
     @classmethod
     def from_url(
@@ -40,12 +48,15 @@ class KeyChanges:
     async def changed(self, key_id: uuid.UUID) -> None:
         """Forget the key here now, and tell the other replicas."""
         self._forget(key_id)
-        if self._redis is None:
+        if self._redis is None or not self.redis.should_try():
             return
         try:
-            await self._redis.publish(self._channel, str(key_id))
-        except RedisError:  # others still drop it when their short cache expires
-            log.warning("could not announce an API key change to other replicas")
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await self._redis.publish(self._channel, str(key_id))
+        except (RedisError, OSError) as exc:  # others still drop it when their cache expires
+            self.redis.failed(exc)
+        else:
+            self.redis.succeeded()
 
     async def listen_forever(self) -> None:
         if self._redis is None:
@@ -54,6 +65,7 @@ class KeyChanges:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(self._channel)
+                    self.redis.succeeded()
                     # Polling with a short timeout (not a blocking listen) lets `stop()` end
                     # the loop even when redis-py has swallowed a cancellation.
                     while not self._stopped:
@@ -62,10 +74,10 @@ class KeyChanges:
                         )
                         if message is not None and message.get("type") == "message":
                             self._apply(message["data"])
-            except RedisError:
+            except (RedisError, OSError) as exc:
                 if self._stopped:  # redis-py can turn our cancellation into this error
                     return
-                log.warning("lost the API key change feed; reconnecting")
+                self.redis.failed(exc)
                 await asyncio.sleep(RECONNECT_SECONDS)
 
     def _apply(self, data: bytes | str) -> None:

@@ -35,13 +35,13 @@ from typing import NamedTuple
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from infer.outages import Reachability
 from infer.routing.redis_script import SYNC
 from infer.routing.state import NodeFigures, NodeStats
 
 log = logging.getLogger(__name__)
 
 NODE_KEY_TTL_SECONDS = 7 * 24 * 3600  # figures of nodes nobody routes to fade away
-WARN_EVERY_SECONDS = 30.0
 MAX_PENDING_EVENTS = 10_000  # while Redis is away; older outcomes weigh little in an EWMA
 FORGET_NODE_SECONDS = 600.0  # a node no plan asked about (gone from the catalog)
 STOP_TASK_SECONDS = 0.5  # of close()'s budget, for the sync task to stop
@@ -133,8 +133,7 @@ class RedisRouterState:
         self._wake = asyncio.Event()  # something to send
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._warned_at = -WARN_EVERY_SECONDS
-        self._failing = False
+        self.redis = Reachability(log, meanwhile="routing uses this replica's own figures")
 
     def node_key(self, node_id: uuid.UUID) -> str:
         return f"{self._prefix}:router:node:{node_id}"
@@ -242,27 +241,14 @@ class RedisRouterState:
         try:
             await self.sync()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._warn(exc)
+            # Routing goes on with the local view; said once, not ten times a second.
+            self.redis.failed(exc)
             return False
         except Exception:  # a bug here must not end the sync for the life of the process
             log.exception("router state: sync failed")
             return False
-        if self._failing:
-            self._failing = False
-            log.warning("router state: Redis reachable again, sharing figures")
+        self.redis.succeeded()
         return True
-
-    def _warn(self, exc: BaseException) -> None:
-        # Routing goes on with the local view; say so, but not ten times a second.
-        self._failing = True
-        now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY_SECONDS:
-            self._warned_at = now
-            log.warning(
-                "router state: Redis sync failed, routing on local figures: %s: %s",
-                type(exc).__name__,
-                exc,
-            )
 
     async def _sync(self, *, leaving: bool) -> None:
         views = self._views

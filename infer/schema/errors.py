@@ -9,14 +9,27 @@ from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors
 from strawberry.types import ExecutionContext
 
-from infer.errors import InferError, RateLimited
+from infer.errors import InferError, RateLimited, Unavailable
+from infer.outages import database_unavailable, unavailable
 
 log = logging.getLogger(__name__)
 
 
 def _is_expected(error: GraphQLError) -> bool:
     # Parse and validation errors have no original error and describe the query only.
-    return error.original_error is None or isinstance(error.original_error, InferError)
+    original = error.original_error
+    return original is None or isinstance(original, InferError) or database_unavailable(original)
+
+
+def _as_unavailable(error: GraphQLError) -> GraphQLError:
+    """A database outage that reached GraphQL as the driver's error becomes `Unavailable`."""
+    original = error.original_error
+    if original is None or isinstance(original, InferError) or not database_unavailable(original):
+        return error
+    replaced = unavailable()
+    return GraphQLError(
+        replaced.message, error.nodes, error.source, error.positions, error.path, replaced
+    )
 
 
 class InferErrors(MaskErrors):
@@ -31,7 +44,7 @@ class InferErrors(MaskErrors):
         return masked
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
-        processed = super()._process_errors(errors)
+        processed = super()._process_errors([_as_unavailable(error) for error in errors])
         for error in processed:
             original = error.original_error
             extensions = dict(error.extensions or {})
@@ -39,7 +52,7 @@ class InferErrors(MaskErrors):
                 extensions["code"] = original.code
                 if original.param:
                     extensions["field"] = original.param
-                if isinstance(original, RateLimited):
+                if isinstance(original, RateLimited | Unavailable):
                     extensions["retryAfter"] = original.retry_after
             extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
             error.extensions = extensions

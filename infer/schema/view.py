@@ -14,7 +14,7 @@ from strawberry.asgi import GraphQL
 from infer.accounts.principal import Principal
 from infer.accounts.service import authenticate_session
 from infer.audit import ClientInfo
-from infer.errors import Forbidden, InferError
+from infer.errors import Forbidden, InferError, Unavailable
 from infer.resources import Resources
 from infer.schema.context import Context, Loaders
 from infer.schema.user import SESSION_COOKIE
@@ -31,8 +31,12 @@ def client_info(request: Request) -> ClientInfo:
 
 
 def graphql_error_response(error: InferError, status: int) -> JSONResponse:
-    body = {"errors": [{"message": error.message, "extensions": {"code": error.code}}]}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    extensions: dict[str, object] = {"code": error.code}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if isinstance(error, Unavailable):
+        extensions["retryAfter"] = error.retry_after
+        headers["Retry-After"] = str(error.retry_after)
+    body = {"errors": [{"message": error.message, "extensions": extensions}]}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -95,6 +99,8 @@ class GraphQLView(GraphQL[Context, None]):
             return None  # the cookie only counts on JSON POSTs, which forms cannot send
         try:
             return await authenticate_session(resources.db, token=token, signer=resources.signer)
+        except Unavailable:
+            raise  # the database is down: say so, rather than treat the caller as anonymous
         except InferError:
             return None
 
