@@ -6,6 +6,7 @@ import re
 import unicodedata
 
 from infer.errors import BadInput
+from infer.security.text import refused_characters
 
 _EMAIL = re.compile(r"^[^\s@\"<>(),;:\\\[\]]+@[^\s@\"<>(),;:\\\[\]]+\.[^\s@\"<>(),;:\\\[\].]{2,}$")
 
@@ -13,6 +14,7 @@ _EMAIL = re.compile(r"^[^\s@\"<>(),;:\\\[\]]+@[^\s@\"<>(),;:\\\[\]]+\.[^\s@\"<>(
 def normalize_email(email: str) -> str:
     """Lower-cased, NFKC, trimmed: two spellings of one address are one account."""
     normal = unicodedata.normalize("NFKC", email).strip().lower()
-    if len(normal) > 254 or not _EMAIL.match(normal) or ".." in normal:
+    bad = len(normal) > 254 or not _EMAIL.match(normal) or ".." in normal
+    if bad or any(refused_characters(normal)):
         raise BadInput("enter a valid email address", param="email")
     return normal

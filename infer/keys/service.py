@@ -18,6 +18,7 @@ from infer.errors import BadInput, Conflict, NotFound
 from infer.models import ApiKey, utcnow
 from infer.security import apikeys
 from infer.security.crypto import Keyring
+from infer.security.text import check_name
 
 MAX_ACTIVE_KEYS = 50
 MAX_GRACE_SECONDS = 7 * 24 * 3600
@@ -38,10 +39,7 @@ class IssuedKey:
 
 
 def _clean_name(name: str) -> str:
-    name = " ".join(name.split())
-    if not 1 <= len(name) <= 100 or not name.isprintable():
-        raise BadInput("a key name is 1 to 100 printable characters", param="name")
-    return name
+    return check_name(name, param="name", what="a key name")
 
 
 def _new_key(user_id: uuid.UUID, name: str, material: KeyMaterial) -> IssuedKey:

@@ -16,6 +16,7 @@ from infer.audit import ClientInfo
 from infer.db import Database
 from infer.errors import BadInput, Conflict, Forbidden, NotFound
 from infer.models import Node, NodeModel, NodeStatus, Review, UsageRecord, User, utcnow
+from infer.security.text import check_text
 
 MAX_COMMENT = 2000
 
@@ -85,9 +86,7 @@ async def create_review(
     """One review per buyer per provider, from buyers who have used that provider."""
     if not 1 <= rating <= 5:
         raise BadInput("a rating is 1 to 5", param="rating")
-    comment = (comment or "").strip() or None
-    if comment is not None and len(comment) > MAX_COMMENT:
-        raise BadInput(f"a comment is at most {MAX_COMMENT} characters", param="comment")
+    comment = check_text(comment, param="comment", what="a comment", max_length=MAX_COMMENT)
     if provider_id == principal.user_id:
         raise Forbidden("you cannot review yourself")
     async with db.session() as session:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -17,15 +17,17 @@ from infer.db import Database
 from infer.errors import UpstreamError
 from infer.models import HealthCheck, Node, NodeModel, NodeStatus, Notification, utcnow
 from infer.nodes.clients import client_for
-from infer.nodes.clients.base import Deadlines, Probe
+from infer.nodes.clients.base import Deadlines, ModelInfo, Probe
 from infer.nodes.health import Health, after_check, next_delay
-from infer.nodes.registry import open_token
+from infer.nodes.registry import MAX_MODELS_PER_NODE, open_token
 from infer.nodes.transport import NodeHTTP
 from infer.security.crypto import Keyring
+from infer.security.text import MAX_MODEL_NAME, MODEL_NAME_CHARACTERS, is_model_name
 
 log = logging.getLogger(__name__)
 
 RETENTION = timedelta(hours=24)
+MODEL_RETENTION = timedelta(days=7)  # a model gone from its runtime this long is deleted
 LATENCY_WEIGHT = 0.3  # EWMA weight of the newest probe latency
 
 
@@ -198,21 +200,62 @@ class HealthMonitor:
             )
 
 
+def listed_models(
+    models: Sequence[ModelInfo], *, known: Set[str]
+) -> tuple[dict[str, ModelInfo], str | None]:
+    """The runtime's models INFER lists, and a note for the operator on what it left out.
+
+    Names outside the model-name rule are ignored; past MAX_MODELS_PER_NODE the rest
+    are. Models already listed keep their place, so a runtime that adds models never
+    pushes out the ones its operator priced.
+    """
+    valid: dict[str, ModelInfo] = {}
+    ignored = 0
+    for info in models:
+        if is_model_name(info.name):
+            valid.setdefault(info.name, info)
+        else:
+            ignored += 1
+    names = sorted(valid, key=lambda name: name not in known)  # stable: runtime's order
+    notes = []
+    if ignored:
+        notes.append(
+            f"{ignored} model name(s) ignored: a name is 1 to {MAX_MODEL_NAME} characters,"
+            f" {MODEL_NAME_CHARACTERS}"
+        )
+    if len(names) > MAX_MODELS_PER_NODE:
+        notes.append(
+            f"the runtime offers {len(names)} models; the first {MAX_MODELS_PER_NODE} are listed"
+        )
+    listed = {name: valid[name] for name in names[:MAX_MODELS_PER_NODE]}
+    return listed, "; ".join(notes) or None
+
+
 async def _sync_models(session: AsyncSession, node: Node, probe: Probe) -> None:
-    """Mark what the runtime offers now; prices of models that come and go are kept."""
-    offered = {model.name: model for model in probe.models}
+    """Mark what the runtime offers now; a model gone for MODEL_RETENTION is deleted."""
+    now = utcnow()
     rows: Sequence[NodeModel] = (
         await session.exec(select(NodeModel).where(NodeModel.node_id == node.id))
     ).all()
     known = {row.model for row in rows}
+    offered, node.models_note = listed_models(probe.models, known=known)
     for row in rows:
         info = offered.get(row.model)
+        if info is None and row.seen_at < now - MODEL_RETENTION:
+            await session.delete(row)  # its prices go too: the runtime no longer has it
+            continue
         row.available = info is not None
         row.loaded = bool(info and info.loaded)
+        if info is not None:
+            row.seen_at = now
         session.add(row)
     for name, info in offered.items():
         if name not in known:
-            session.add(NodeModel(node_id=node.id, model=name, available=True, loaded=info.loaded))
+            session.add(
+                NodeModel(
+                    node_id=node.id, model=name, available=True, loaded=info.loaded, seen_at=now
+                )
+            )
 
 
 _MESSAGES = {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +20,13 @@ from infer.errors import BadInput, NotFound
 from infer.models import HealthCheck, Node, NodeModel, NodeStatus, Runtime, utcnow
 from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy, check_endpoint
+from infer.security.text import check_model_name, check_name, refused_characters
 
 MAX_NODES_PER_OPERATOR = 100
 MAX_PRICE_PER_MILLION = 1_000 * 1_000_000  # 1,000 USD per million tokens
 MAX_GPU_JSON = 4096
+MAX_GPU_DEPTH = 8
+MAX_MODELS_PER_NODE = 256  # listed per node; a runtime's further models are ignored
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,7 @@ class NodeUpdate:
 
 
 def _clean_name(name: str) -> str:
-    name = " ".join(name.split())
-    if not 1 <= len(name) <= 100 or not name.isprintable():
-        raise BadInput("a node name is 1 to 100 printable characters", param="name")
-    return name
+    return check_name(name, param="name", what="a node name")
 
 
 def _check_capacity(capacity: int | None) -> None:
@@ -64,18 +65,37 @@ def _check_capacity(capacity: int | None) -> None:
         raise BadInput("capacity is 1 to 1024 concurrent requests", param="capacity")
 
 
-def _check_gpu(gpu: dict[str, Any] | None) -> None:
-    import json
+def _gpu_strings(value: object, depth: int = 0) -> Iterator[str]:
+    """Every key and string in the GPU document; BadInput past MAX_GPU_DEPTH levels."""
+    if depth > MAX_GPU_DEPTH:
+        raise BadInput(f"GPU information is nested deeper than {MAX_GPU_DEPTH}", param="gpu")
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _gpu_strings(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _gpu_strings(item, depth + 1)
 
-    if gpu is not None and len(json.dumps(gpu)) > MAX_GPU_JSON:
+
+def _check_gpu(gpu: dict[str, Any] | None) -> None:
+    if gpu is None:
+        return
+    # Depth first: the size check serialises the document, which must not recurse too far.
+    if any(any(refused_characters(text)) for text in _gpu_strings(gpu)):
+        raise BadInput("GPU information may not hold control characters", param="gpu")
+    if len(json.dumps(gpu)) > MAX_GPU_JSON:
         raise BadInput("GPU information is too large", param="gpu")
 
 
 def _check_prices(prices: Sequence[ModelPrice]) -> None:
+    if len(prices) > MAX_MODELS_PER_NODE:
+        raise BadInput(f"a node has at most {MAX_MODELS_PER_NODE} models", param="prices")
     seen: set[str] = set()
     for price in prices:
-        if not 1 <= len(price.model) <= 200 or not price.model.isprintable():
-            raise BadInput("a model name is 1 to 200 printable characters", param="prices")
+        check_model_name(price.model, param="prices")
         if price.model in seen:
             raise BadInput(f"model {price.model!r} is priced twice", param="prices")
         seen.add(price.model)
@@ -113,6 +133,8 @@ async def _upsert_prices(session: AsyncSession, node: Node, prices: Sequence[Mod
         m.model: m
         for m in await session.exec(select(NodeModel).where(NodeModel.node_id == node.id))
     }
+    if len(existing.keys() | {price.model for price in prices}) > MAX_MODELS_PER_NODE:
+        raise BadInput(f"a node has at most {MAX_MODELS_PER_NODE} models", param="prices")
     for price in prices:
         row = existing.get(price.model) or NodeModel(node_id=node.id, model=price.model)
         row.input_price_per_million = price.input_per_million

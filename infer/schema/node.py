@@ -81,6 +81,9 @@ class Node:
     endpoint: str
     status: NodeStatus  # type: ignore[valid-type]
     status_reason: str | None = strawberry.field(description="Why the node is not online.")
+    models_note: str | None = strawberry.field(
+        description="Which of the runtime's models are not listed, and why (too many, bad names)."
+    )
     has_token: bool = strawberry.field(description="An upstream bearer token is stored.")
     gpu: JSON | None
     capacity: int
@@ -101,6 +104,7 @@ class Node:
             endpoint=row.endpoint,
             status=row.status,
             status_reason=row.status_reason,
+            models_note=row.models_note,
             has_token=row.token_ciphertext is not None,
             gpu=cast(JSON, row.gpu),
             capacity=row.capacity,
