@@ -11,14 +11,29 @@ from strawberry.types import ExecutionContext
 
 from infer.errors import InferError, RateLimited, Unavailable
 from infer.outages import database_unavailable, unavailable
+from infer.schema.inputs import is_bad_user_input
 
 log = logging.getLogger(__name__)
 
 
-def _is_expected(error: GraphQLError) -> bool:
-    # Parse and validation errors have no original error and describe the query only.
+def _original(error: GraphQLError) -> Exception | None:
+    """The exception behind an error, through graphql-core's wrappers (bad variables)."""
     original = error.original_error
-    return original is None or isinstance(original, InferError) or database_unavailable(original)
+    while isinstance(original, GraphQLError):
+        original = original.original_error
+    return original
+
+
+def _is_expected(error: GraphQLError) -> bool:
+    # Parse and validation errors have no original error and describe the query only;
+    # bad values, inline or in variables, were coded where graphql-core reported them.
+    original = _original(error)
+    return (
+        original is None
+        or isinstance(original, InferError)
+        or database_unavailable(original)
+        or is_bad_user_input(error)
+    )
 
 
 def _as_unavailable(error: GraphQLError) -> GraphQLError:
@@ -46,7 +61,7 @@ class InferErrors(MaskErrors):
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         processed = super()._process_errors([_as_unavailable(error) for error in errors])
         for error in processed:
-            original = error.original_error
+            original = _original(error)
             extensions = dict(error.extensions or {})
             if isinstance(original, InferError):
                 extensions["code"] = original.code

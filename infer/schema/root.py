@@ -9,6 +9,7 @@ from strawberry.schema.config import StrawberryConfig
 from infer.schema import api_key, marketplace, notification, user
 from infer.schema import node as nodes
 from infer.schema.errors import InferErrors, Schema
+from infer.schema.inputs import InputExecutor, InputRules
 from infer.schema.introspection import AnonymousIntrospection
 from infer.schema.scalars import SCALARS
 
@@ -84,6 +85,7 @@ def build_schema(
         lambda: QueryDepthLimiter(max_depth=max_depth),
         lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
+        InputRules,
         InferErrors,
     ]
     if not anonymous_introspection:
@@ -92,6 +94,7 @@ def build_schema(
         query=Query,
         mutation=Mutation,
         config=StrawberryConfig(scalar_map=SCALARS),
+        execution_context_class=InputExecutor,
         extensions=extensions,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from cross_web import HTTPException  # what strawberry raises for transport errors
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -75,6 +76,20 @@ class GraphQLView(GraphQL[Context, None]):
             body = {"errors": [{"message": error.reason, "extensions": {"code": code}}]}
             response = JSONResponse(body, status_code=error.status_code)
         await response(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Strict JSON only: UTF-8, no NaN, at most 1024 levels deep; an object or a batch.
+
+        Anything else is a 400 before any operation runs, where the standard library's
+        decoder would have raised RecursionError or UnicodeDecodeError past strawberry.
+        """
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise HTTPException(400, "Unable to parse request body as JSON") from exc
+        if not isinstance(document, dict | list):
+            raise HTTPException(400, "the request body must be a JSON object")
+        return document
 
     async def _authenticate(self, request: Request) -> Principal | None:
         resources: Resources = request.state.resources
