@@ -275,7 +275,7 @@ async def test_with_redis_gone_completions_and_log_ins_go_on_and_shared_state_re
 async def test_with_redis_gone_limits_still_hold_in_the_process(
     settings: Settings, redis_server: RedisServer, simulator: str
 ) -> None:
-    limited = _with_redis(settings, redis_server, login_limit_account="3/minute")
+    limited = _with_redis(settings, redis_server, login_limit_address="3/minute")
     async with platform(limited, simulator) as market:
         redis_server.kill()
         wrong = {"e": "buyer@example.com", "p": "not the password at all"}
