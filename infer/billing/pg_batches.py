@@ -25,6 +25,7 @@ import asyncpg
 
 from infer.db import Database
 from infer.errors import InsufficientFunds
+from infer.outages import database_unavailable, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +135,22 @@ class WriterConnection:
     async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         connection = self._connection
         if connection is None or connection.is_closed():
-            connection = self._connection = await self._open()
+            try:
+                connection = self._connection = await self._open()
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise unavailable() from exc
+                raise
         try:
             return await work(connection)
         except asyncpg.PostgresError:
             raise  # the statement failed and was rolled back; the connection is fine
-        except BaseException:
+        except BaseException as exc:
             # Lost, or interrupted mid-statement: its state is unknown, so it goes.
             self._connection = None
             connection.terminate()
+            if isinstance(exc, Exception) and database_unavailable(exc):
+                raise unavailable() from exc
             raise
 
     async def _open(self) -> asyncpg.Connection:

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_SETTLEMENT_BACKLOG = 256  # settlements queued before answers wait for the books
 SETTLEMENT_LINGER_SECONDS = 0.02  # how long a small batch of settlements waits for others
+# How long a reader waits for this process's own settlements before reading anyway.
+READ_YOUR_WRITES_SECONDS = 2.0
 # At shutdown, settlements still failing (the database away) are retried this long.
 SHUTDOWN_SETTLE_SECONDS = 10.0
 
@@ -114,10 +116,13 @@ class Completions:
         Settlements are written after the answer is sent; a reader who wants to see
         its own completions (a balance, usage) waits here first, usually not at all.
         """
-        if self.holds.pending:  # a refused request's hold is given back once it is placed
-            await self.holds.drained()
-        if self.settlements.pending:
-            await self.settlements.drained()
+        # Bounded: while the database is away settlements retry, and readers must not hang.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READ_YOUR_WRITES_SECONDS):
+                if self.holds.pending:  # a refused request's hold is given back once placed
+                    await self.holds.drained()
+                if self.settlements.pending:
+                    await self.settlements.drained()
 
     async def start(
         self,
@@ -184,6 +189,7 @@ class Completions:
             account_id=account_id,
             prompt_bound=prompt_bound,
             prompt_typical=typical_prompt_tokens(contents),
+            prompt_bytes=sum(len(content.encode()) for content in contents),
             max_tokens=max_tokens,
         )
         completion.rate_limits = rate_limits
@@ -230,6 +236,7 @@ class Completion:
         account_id: uuid.UUID,
         prompt_bound: int,
         prompt_typical: int,
+        prompt_bytes: int,
         max_tokens: int,
     ) -> None:
         self.owner = owner
@@ -240,6 +247,7 @@ class Completion:
         self.account_id = account_id
         self.prompt_bound = prompt_bound
         self.prompt_typical = prompt_typical
+        self.prompt_bytes = prompt_bytes
         self.max_tokens = max_tokens
         self.candidate: Candidate | None = None
         self._stream: AsyncIterator[list[ChatChunk]] | None = None
@@ -353,6 +361,7 @@ class Completion:
             complete=complete,
             prompt_bound=self.prompt_bound,
             prompt_typical=self.prompt_typical,
+            prompt_bytes=self.prompt_bytes,
             relayed_chunks=self.chunks_relayed,
             relayed_bytes=self.bytes_relayed,
             max_tokens=self.max_tokens,

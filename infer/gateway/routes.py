@@ -170,6 +170,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
     The body has been read, so the next message the server sends is the disconnect.
     """
     result: T | None = None
+    failure: InferError | None = None  # raised outside, or the task group would wrap it
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
@@ -178,8 +179,13 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
             group.cancel_scope.cancel()
 
         group.start_soon(watch)
-        result = await work
+        try:
+            result = await work
+        except InferError as error:
+            failure = error
         group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return result
 
 

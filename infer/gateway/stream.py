@@ -41,7 +41,9 @@ class BuyerStream(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         async def timed(message: Message) -> None:
             seconds = min(self.write_timeout, self.deadline - time.monotonic())
-            with anyio.fail_after(max(seconds, 0)):
+            if seconds <= 0:  # checked here: a send that need not wait never sees its timer
+                raise TimeoutError
+            with anyio.fail_after(seconds):
                 await send(message)
 
         try:
