@@ -58,8 +58,11 @@ class Settings(BaseSettings):
 
     session_ttl_seconds: int = Field(default=14 * 24 * 3600, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
-    login_limit_account: str = "10/5 minutes"
+    # Failed log-ins (infer/accounts/throttle.py): per account and address, per address,
+    # and per account across addresses (over it, only addresses it logged in from before).
+    login_limit_pair: str = "10/15 minutes"
     login_limit_address: str = "30/5 minutes"
+    login_limit_account: str = "100/hour"
     signup_limit_address: str = "20/hour"
     graphql_max_depth: int = Field(default=12, ge=1)
     graphql_max_aliases: int = Field(default=30, ge=1)
@@ -131,7 +134,9 @@ class Settings(BaseSettings):
                 )
         return tuple(origins)
 
-    @field_validator("login_limit_account", "login_limit_address", "signup_limit_address")
+    @field_validator(
+        "login_limit_pair", "login_limit_account", "login_limit_address", "signup_limit_address"
+    )
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         try:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from infer.accounts.service import LoginPolicy
+from infer.accounts.throttle import LoginLimits
 from infer.billing.pricing import fee_ppm
 from infer.billing.settlement import expire_holds
 from infer.completions.service import BillingPolicy, Completions
@@ -83,8 +84,11 @@ class Resources:
             key_material=KeyMaterial(lookup_key=lookup_key, keyring=keyring),
             authenticator=authenticator,
             login_policy=LoginPolicy(
-                account_limit=settings.login_limit_account,
-                address_limit=settings.login_limit_address,
+                limits=LoginLimits(
+                    pair=settings.login_limit_pair,
+                    address=settings.login_limit_address,
+                    account=settings.login_limit_account,
+                ),
                 session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             ),
             address_policy=policy,

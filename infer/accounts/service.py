@@ -15,10 +15,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from infer import audit
 from infer.accounts.emails import normalize_email
 from infer.accounts.principal import Principal
+from infer.accounts.throttle import LoginLimits, address_key, count_failure, refuse_when_throttled
 from infer.audit import ClientInfo
 from infer.billing.ledger import open_user_account
 from infer.db import Database
-from infer.errors import BadInput, Conflict, RateLimited, Unauthenticated
+from infer.errors import BadInput, Conflict, Unauthenticated
 from infer.models import Session, User, utcnow
 from infer.ratelimit import RateLimiter
 from infer.security import passwords
@@ -38,8 +39,7 @@ class LoggedIn:
 
 @dataclass(frozen=True)
 class LoginPolicy:
-    account_limit: str
-    address_limit: str
+    limits: LoginLimits
     session_ttl: timedelta
 
 
@@ -90,13 +90,20 @@ async def log_in(
         normal = normalize_email(email)
     except BadInput:
         normal = email.strip().lower()[:254]
-    await _refuse_when_throttled(limiter, policy, normal, client)
+    address = address_key(client.ip)
     async with db.session() as session:
         user = (await session.exec(select(User).where(User.email == normal))).first()
+    await refuse_when_throttled(
+        db,
+        limiter=limiter,
+        limits=policy.limits,
+        email=normal,
+        address=address,
+        user_id=user.id if user else None,
+    )
     stored_hash = user.password_hash if user else None
     if not await asyncio.to_thread(passwords.verify_password, stored_hash, password) or not user:
-        await limiter.hit(policy.account_limit, "login-account", normal)
-        await limiter.hit(policy.address_limit, "login-address", client.ip or "-")
+        await count_failure(limiter=limiter, limits=policy.limits, email=normal, address=address)
         async with db.transaction() as session:
             audit.record(
                 session,
@@ -114,18 +121,6 @@ async def log_in(
             )
         audit.record(session, action="user.logged_in", client=client, actor_id=user.id)
         return await _open_session(session, user, client, signer, policy.session_ttl)
-
-
-async def _refuse_when_throttled(
-    limiter: RateLimiter, policy: LoginPolicy, email: str, client: ClientInfo
-) -> None:
-    waits = [
-        await limiter.retry_after(policy.account_limit, "login-account", email),
-        await limiter.retry_after(policy.address_limit, "login-address", client.ip or "-"),
-    ]
-    wait = max((w for w in waits if w is not None), default=None)
-    if wait is not None:
-        raise RateLimited("too many failed log-in attempts; try again later", retry_after=wait)
 
 
 async def _open_session(
