@@ -242,10 +242,6 @@ async def test_a_broken_completion_body_is_a_400_in_openais_form(
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="infer/gateway/body.py lets NUL through: a bad model name is a 404, content is relayed",
-)
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(
     "body", [_chat(model="tiny\x00model"), _chat(content="h\x00i")], ids=["model", "content"]
