@@ -15,6 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ExceptionHandler
 
 from infer.config import Settings, load_settings
 from infer.gateway.errors import OUTAGE_ERRORS, http_error, outage_error, server_error
@@ -121,7 +122,7 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
         Middleware(SecurityHeaders, production=settings.is_production),
         Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
     ]
-    exception_handlers = {
+    exception_handlers: dict[type[Exception], ExceptionHandler] = {
         HTTPException: http_error,
         **dict.fromkeys(OUTAGE_ERRORS, outage_error),
         Exception: server_error,

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     lookup_key: SecretStr | None = None
     encryption_keys: SecretStr | None = None
     secrets_file: Path = Path(".infer/secrets.json")
+    spool_dir: Path = Path(".infer/spool")
 
     session_ttl_seconds: int = Field(default=14 * 24 * 3600, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)

@@ -120,6 +120,7 @@ class Resources:
                     ),
                 ),
                 limiter=limiter,
+                spool_dir=settings.spool_dir,
             ),
         )
 
@@ -139,6 +140,7 @@ class Resources:
         self._tasks.append(asyncio.create_task(self._flush_last_used_forever()))
         self._tasks.append(asyncio.create_task(self.monitor.run_forever()))
         self._tasks.append(asyncio.create_task(self._expire_holds_forever()))
+        self._tasks.append(asyncio.create_task(self.completions.replay()))
         self._listener = asyncio.create_task(self.key_changes.listen_forever())
 
     async def _stopped_within(self, seconds: float) -> bool:
@@ -187,7 +189,10 @@ class Resources:
         await self._stop_background()
         try:
             await self.completions.close()
-            await self.authenticator.flush_last_used()
+            try:
+                await self.authenticator.flush_last_used()
+            except Exception:  # last-used times are a convenience; shutdown goes on
+                log.warning("could not record API key last-used times at shutdown")
         finally:
             await self.http.aclose()
             await self.router.state.close()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
@@ -122,9 +123,26 @@ async def settle_many(
 
     A hold is released at most once (its `released_at` is set only while NULL, and only
     what that update returns is given back); a usage record's unique request id keeps a
-    request from being charged twice. Raises when the batch cannot be written whole.
+    request from being charged twice: a settlement already written counts as written.
+    Raises when the batch cannot be written whole.
     """
     plan = _plan(items, utcnow())
+    try:
+        await _write_plan(db, plan, writer)
+    except (sa.exc.IntegrityError, asyncpg.UniqueViolationError) as exc:
+        # Written before (a commit whose answer was lost, a replay): charged once already.
+        if len(items) == 1 and _usage_exists(exc):
+            return [None]
+        raise
+    return [None] * len(items)
+
+
+def _usage_exists(error: Exception) -> bool:
+    text = str(error)
+    return "usage_records" in text and "request_id" in text
+
+
+async def _write_plan(db: Database, plan: _Plan, writer: WriterConnection | None) -> None:
     if writer is not None:
         await pg_batches.settle(
             writer,
@@ -138,7 +156,6 @@ async def settle_many(
     else:
         async with db.core_transaction() as connection:
             await _write(connection, plan)
-    return [None] * len(items)
 
 
 async def release_holds(

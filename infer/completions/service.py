@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import anyio
 
@@ -20,6 +22,7 @@ from infer.billing import batches, settlement
 from infer.billing.metering import Metered, meter, typical_prompt_tokens
 from infer.billing.pricing import cost, estimate_prompt_tokens, split
 from infer.billing.settlement import Settlement
+from infer.completions import spool
 from infer.db import Database, is_transient
 from infer.errors import UpstreamError
 from infer.keys.limits import KeyLimits, admit
@@ -40,7 +43,8 @@ MAX_SETTLEMENT_BACKLOG = 256  # settlements queued before answers wait for the b
 SETTLEMENT_LINGER_SECONDS = 0.02  # how long a small batch of settlements waits for others
 # How long a reader waits for this process's own settlements before reading anyway.
 READ_YOUR_WRITES_SECONDS = 2.0
-# At shutdown, settlements still failing (the database away) are retried this long.
+# At shutdown, settlements still failing (the database away) are retried this long, then
+# kept on disk (spool.py) and written at the next start.
 SHUTDOWN_SETTLE_SECONDS = 10.0
 
 
@@ -79,12 +83,16 @@ class Completions:
         deadlines: Deadlines,
         policy: BillingPolicy,
         limiter: RateLimiter,
+        spool_dir: Path,
     ) -> None:
         self.db = db
         self.router = router
         self.http = http
         self.keyring = keyring
         self.limiter = limiter
+        self.spool_dir = spool_dir
+        self._unsettled: list[Settlement] = []  # given up on at shutdown: kept on disk
+        self.settle_deadline = SHUTDOWN_SETTLE_SECONDS
         self.deadlines = deadlines
         self.policy = policy
         self.accounts = AccountIds(db)
@@ -105,10 +113,49 @@ class Completions:
         )
 
     async def close(self) -> None:
-        """Let the holds and settlements already submitted reach the database."""
+        """Let the holds and settlements already submitted reach the database; what the
+        database still refuses after SHUTDOWN_SETTLE_SECONDS is kept for the next start.
+        """
         await self.holds.drained()
-        await self.settlements.close(deadline=SHUTDOWN_SETTLE_SECONDS)
+        await self.settlements.close(deadline=self.settle_deadline)
         await self.writers.close()
+        if self._unsettled:
+            path = spool.save(self.spool_dir, self._unsettled)
+            log.error(
+                "%d settlements could not be written; kept in %s for the next start",
+                len(self._unsettled),
+                path,
+            )
+
+    async def replay(self) -> None:
+        """Write the settlements an earlier shutdown kept (a background task at start)."""
+        for path, items, whole in spool.claim(self.spool_dir):
+            written = [self.write(item) for item in items]
+            if written:
+                # Not gather: cancelling this task must not cancel the writes themselves.
+                await asyncio.wait(written)
+            log.warning("replayed %d settlements kept in %s", len(items), path)
+            if whole:
+                path.unlink()
+
+    def write(self, item: Settlement) -> asyncio.Future[None]:
+        """Queue a settlement (or a plain release); it is retried until it commits, and
+        what shutdown gives up on is kept on disk.
+        """
+        written = self.settlements.enqueue(item)
+        written.add_done_callback(functools.partial(self._written, item))
+        return written
+
+    def _written(self, item: Settlement, written: asyncio.Future[None]) -> None:
+        if written.cancelled() or written.exception() is None:
+            return
+        error = written.exception()
+        assert error is not None
+        if is_transient(error):  # shutdown's deadline passed with the database away
+            self._unsettled.append(item)
+        else:
+            request = item.usage.request_id if item.usage else f"hold {item.hold_id}"
+            log.error("could not settle %s", request, exc_info=error)
 
     async def settled(self) -> None:
         """Wait until every completion this process finished is in the books.
@@ -194,6 +241,10 @@ class Completions:
         )
         completion.rate_limits = rate_limits
         try:
+            # Whoever answers is paid even if the database goes away meanwhile: their
+            # ledger accounts are known (and cached) before any node is called.
+            for operator_id in {c.operator_id for c in attempts}:
+                await self.accounts.of(operator_id)
             await completion.connect(attempts)
         except BaseException:
             if hold_id is not None:
@@ -203,7 +254,7 @@ class Completions:
 
     def release(self, hold_id: uuid.UUID) -> None:
         """Give a hold back without charging; written with the settlements, never lost."""
-        self.settlements.enqueue(Settlement(hold_id)).add_done_callback(_log_failure)
+        self.write(Settlement(hold_id))
 
     def _give_back(self, held: asyncio.Future[uuid.UUID]) -> None:
         """Release a hold placed for a request that was refused meanwhile (before answering)."""
@@ -404,26 +455,19 @@ class Completion:
         )
         # Written after the answer goes out (the caller does not wait): the figures are
         # final now. Transient failures are retried until the write commits.
-        written = self.owner.settlements.enqueue(
+        written = self.owner.write(
             Settlement(
                 hold_id=self.hold_id,
                 buyer_account_id=self.account_id,
-                operator_account_id=await self.owner.accounts.of(candidate.operator_id),
+                operator_account_id=await self.owner.accounts.of(candidate.operator_id),  # cached
                 usage=usage,
             )
         )
-        written.add_done_callback(_log_failure)
         if self.owner.settlements.backlog > MAX_SETTLEMENT_BACKLOG:
             # The books fall behind the answers: wait, so that load slows to their pace.
             with contextlib.suppress(Exception):
                 await asyncio.shield(written)
         return usage
-
-
-def _log_failure(written: asyncio.Future[None]) -> None:
-    if not written.cancelled() and written.exception() is not None:
-        # Retries are over (a permanent error, or shutdown's deadline): this is the alert.
-        log.error("a settlement could not be written", exc_info=written.exception())
 
 
 async def _close(stream: AsyncIterator[list[ChatChunk]]) -> None:
