@@ -21,7 +21,7 @@ _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "changethis", "dev", "de
 _SECRET_FIELDS = ("secret_key", "lookup_key", "encryption_keys")
 _MIN_SECRET_LENGTH = 32
 # A completion's max_tokens is a GraphQL Int and a hold at the highest price stays far
-# inside int64 (tests/unit/test_values.py checks the arithmetic).
+# inside int64 (tests/unit/test_hold_bounds.py checks the arithmetic).
 MAX_TOKENS_CEILING = 2**31 - 1
 # A settlement is written just after its request ends: a hold outlives the longest
 # request by at least this much, so the sweeper never takes one that is still live.
