@@ -22,6 +22,8 @@ def parse_usd(text: str, *, param: str = "amount", allow_zero: bool = False) -> 
     Positive and at most 1,000,000 USD; `allow_zero` admits 0 as well (prices).
     """
     match = _PLAIN.fullmatch(text)
+    if match is None and _PLAIN.fullmatch(text[1:]) and text[0] == "-":
+        raise BadInput("amount must be a positive number of USD", param=param)
     if match is None:
         raise BadInput(
             f"{text[:40]!r} is not an amount in USD: write digits with an optional"
