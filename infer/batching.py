@@ -36,7 +36,8 @@ class GroupCommit(Generic[J, R]):
     Leave `linger` at 0 for jobs a caller waits on; give it to jobs nobody waits for
     (settlements written after the answer), so that light load batches too.
     `retry(error)` says whether a failure is worth trying again (None: never retry).
-    `split_failed=False` for jobs that can only fail together (one Redis connection).
+    `split(error)` says whether a batch's failure may be one job's fault, worth running its
+    jobs one by one (not for an outage: each job would only wait for it again).
     """
 
     def __init__(
@@ -46,16 +47,17 @@ class GroupCommit(Generic[J, R]):
         max_batch: int = 128,
         linger: float = 0.0,
         retry: Callable[[BaseException], bool] | None = None,
-        split_failed: bool = True,
+        split: Callable[[BaseException], bool] = lambda error: True,
         name: str = "batch",
     ) -> None:
         self._run = run
         self._max_batch = max_batch
         self._linger = linger
         self._retry = retry
-        self._split_failed = split_failed
+        self._split = split
         self._name = name
         self._queue: list[tuple[J, asyncio.Future[R]]] = []
+        self._running: list[tuple[J, asyncio.Future[R]]] = []
         self._worker: asyncio.Task[None] | None = None
         self._give_up_at: float | None = None  # set by close(): retry no more after this
         self._failing = False
@@ -83,12 +85,17 @@ class GroupCommit(Generic[J, R]):
         """Jobs are queued or running."""
         return self._worker is not None
 
+    @property
+    def retrying(self) -> bool:
+        """A batch is failing and being tried again (the database is away)."""
+        return self._failing
+
     async def _drain(self) -> None:
         try:
             while self._queue:
                 if self._linger and len(self._queue) < self._max_batch:
                     await asyncio.sleep(self._linger)
-                batch = self._queue[: self._max_batch]
+                batch = self._running = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 results = await self._attempt([job for job, _ in batch])
                 for (_, future), result in zip(batch, results, strict=True):
@@ -99,7 +106,7 @@ class GroupCommit(Generic[J, R]):
                     else:
                         future.set_result(result)
         finally:
-            self._worker = None
+            self._worker, self._running = None, []
 
     async def _attempt(self, jobs: list[J]) -> Sequence[R | BaseException]:
         """Run the batch, retrying transient failures; a failed batch is run job by job."""
@@ -115,7 +122,7 @@ class GroupCommit(Generic[J, R]):
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
-                if len(jobs) == 1 or not self._split_failed:
+                if len(jobs) == 1 or not self._split(exc):
                     return [exc] * len(jobs)
                 log.warning("a %s of %d failed; running it job by job", self._name, len(jobs))
                 return [(await self._attempt([job]))[0] for job in jobs]
@@ -126,6 +133,14 @@ class GroupCommit(Generic[J, R]):
 
     def _given_up(self) -> bool:
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at
+
+    async def flushed(self) -> None:
+        """Wait for the jobs queued or running now; not for those queued meanwhile, so
+        that a busy queue, which never drains, does not keep the caller waiting.
+        """
+        futures = [future for _, future in (*self._running, *self._queue)]
+        if futures:
+            await asyncio.wait(futures)
 
     async def drained(self) -> None:
         """Wait for the jobs already submitted (and any submitted meanwhile)."""

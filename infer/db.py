@@ -172,27 +172,21 @@ class Database:
         await self.engine.dispose()
 
 
-# PostgreSQL's codes for failures another try may not meet: the connection (class 08), a
-# serialization failure, a deadlock, the server shutting down or starting, too many clients.
-_TRANSIENT_STATES = ("08", "40001", "40P01", "57P01", "57P02", "57P03", "53300", "55P03")
+# PostgreSQL's codes for a lost race another try will not meet: a serialization failure,
+# a deadlock, a lock not available, a statement cancelled (its timeout).
+_RACE_STATES = ("40001", "40P01", "55P03", "57014")
 
 
 def is_transient(error: BaseException) -> bool:
-    """A database failure worth another try: unreachable, locked, or a lost race."""
+    """A database failure worth another try: unavailable just now, or a lost race."""
     if database_unavailable(error):  # what the engine raises for an outage: `Unavailable`
         return True
-    if isinstance(error, OSError | TimeoutError):
-        return True
-    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
-        return True
-    if isinstance(error, exc.InterfaceError | exc.OperationalError) and "locked" in str(error):
-        return True  # SQLite: another writer held the lock past the busy timeout
     original = error.orig if isinstance(error, exc.DBAPIError) else error
-    state = getattr(original, "sqlstate", None)
-    if isinstance(state, str):
-        return state.startswith(_TRANSIENT_STATES)
-    # asyncpg's own: the connection closed or was never made.
-    return type(original).__name__ in {"ConnectionDoesNotExistError", "InterfaceError"}
+    for candidate in (original, getattr(original, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(_RACE_STATES):
+            return True
+    return False
 
 
 def group_by(rows: Iterable[T], keys: Sequence[K], key: Callable[[T], K]) -> dict[K, list[T]]:

@@ -26,9 +26,10 @@ from infer.errors import Unavailable
 RETRY_AFTER_SECONDS = 2
 REDIS_BACKOFF_SECONDS = 2.0
 
-# SQLSTATE classes of "cannot talk to the server now": 08 connection exception,
-# 57P operator intervention (shutting down, starting up), 53300 too many connections.
-_SQLSTATE_PREFIXES = ("08", "57P", "53300")
+# SQLSTATE classes of "cannot use the server now": 08 connection exception, 57P operator
+# intervention (shutting down, starting up), 53 insufficient resources (disk full, out of
+# memory, too many connections), 58 system error (I/O), 25006 read-only (a failover).
+_SQLSTATE_PREFIXES = ("08", "57P", "53", "58", "25006")
 # What SQLite says when its file is busy past the timeout, or cannot be opened or read.
 _SQLITE_MESSAGES = ("database is locked", "unable to open database file", "disk i/o error")
 

@@ -168,7 +168,10 @@ class RedisCounters:
         self._prefix = prefix
         self._timeout = timeout
         self._connection: AbstractConnection | None = None
-        self._calls: GroupCommit[_Job, list[int]] = GroupCommit(self._run, split_failed=False)
+        self._calls: GroupCommit[_Job, list[int]] = GroupCommit(
+            self._run,
+            split=lambda error: False,  # one connection: the calls fail together
+        )
 
     async def _run(self, jobs: Sequence[_Job]) -> Sequence[list[int] | BaseException]:
         async with asyncio.timeout(self._timeout):

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from infer.billing import pg_batches
 from infer.billing.pg_batches import WriterConnection
 from infer.db import Database
-from infer.errors import InsufficientFunds
+from infer.errors import InsufficientFunds, Unavailable
 from infer.models import AccountKind, Hold, LedgerAccount, utcnow
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ async def place_holds(
         ]
         try:
             placed = await pg_batches.place_holds(writer, rows, utcnow())
+        except Unavailable:
+            raise  # the general path would only wait for the same outage again
         except Exception:
             log.warning("placing %d holds in one statement failed", len(rows), exc_info=True)
             placed = set()

@@ -143,8 +143,13 @@ class WriterConnection:
                 raise
         try:
             return await work(connection)
-        except asyncpg.PostgresError:
-            raise  # the statement failed and was rolled back; the connection is fine
+        except asyncpg.PostgresError as exc:
+            if not database_unavailable(exc):
+                raise  # the statement failed and was rolled back; the connection is fine
+            # The server is going away, or read-only (a failover): reconnect next time.
+            self._connection = None
+            connection.terminate()
+            raise unavailable() from exc
         except BaseException as exc:
             # Lost, or interrupted mid-statement: its state is unknown, so it goes.
             self._connection = None

@@ -24,12 +24,13 @@ from infer.billing.pricing import cost, estimate_prompt_tokens, split
 from infer.billing.settlement import Settlement
 from infer.completions import spool
 from infer.db import Database, is_transient
-from infer.errors import UpstreamError
+from infer.errors import BadInput, UpstreamError
 from infer.keys.limits import KeyLimits, admit
 from infer.models import UsageStatus, utcnow
 from infer.nodes.clients import client_for
 from infer.nodes.clients.base import ChatChunk, ChatRequest, Deadlines, Usage
 from infer.nodes.transport import NodeHTTP
+from infer.outages import database_unavailable
 from infer.ratelimit import RateLimiter
 from infer.routing.catalog import Candidate
 from infer.routing.preferences import Preferences
@@ -39,6 +40,9 @@ from infer.security.crypto import Keyring
 
 log = logging.getLogger(__name__)
 
+# An answer past these multiples of max_tokens is a flood, not an answer (see _count).
+MAX_CHUNKS_PER_TOKEN = 4
+MAX_BYTES_PER_TOKEN = 128
 MAX_SETTLEMENT_BACKLOG = 256  # settlements queued before answers wait for the books
 SETTLEMENT_LINGER_SECONDS = 0.02  # how long a small batch of settlements waits for others
 # How long a reader waits for this process's own settlements before reading anyway.
@@ -100,6 +104,7 @@ class Completions:
         # Concurrent requests share hold and settlement transactions (group commit).
         self.holds: GroupCommit[batches.HoldRequest, uuid.UUID] = GroupCommit(
             lambda requests: batches.place_holds(db, requests, writer=self.writers.holds),
+            split=_one_jobs_fault,
             name="hold batch",
         )
         # Nobody waits for a settlement (it follows the answer), so a small batch waits
@@ -109,6 +114,7 @@ class Completions:
             lambda items: settlement.settle_many(db, items, writer=self.writers.settlements),
             linger=SETTLEMENT_LINGER_SECONDS,
             retry=is_transient,
+            split=_one_jobs_fault,
             name="settlement batch",
         )
 
@@ -166,10 +172,8 @@ class Completions:
         # Bounded: while the database is away settlements retry, and readers must not hang.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(READ_YOUR_WRITES_SECONDS):
-                if self.holds.pending:  # a refused request's hold is given back once placed
-                    await self.holds.drained()
-                if self.settlements.pending:
-                    await self.settlements.drained()
+                await self.holds.flushed()  # a refused request's hold is given back once placed
+                await self.settlements.flushed()
 
     async def start(
         self,
@@ -342,9 +346,13 @@ class Completion:
                 )
                 log.info("node %s failed before the first byte: %s", candidate.node_id, last_error)
                 continue
-            except BaseException:
+            except BaseException as exc:
+                # A request the buyer made unsendable is not the node's failure.
                 await state.release(
-                    candidate.node_id, ok=False, ttft_ms=None, tokens_per_second=None
+                    candidate.node_id,
+                    ok=isinstance(exc, BadInput),
+                    ttft_ms=None,
+                    tokens_per_second=None,
                 )
                 with anyio.CancelScope(shield=True):
                     await _close(stream)
@@ -371,6 +379,13 @@ class Completion:
                 self.finish_reason = chunk.finish_reason
             if chunk.usage is not None:
                 self._reported = chunk.usage
+        if (
+            self.chunks_relayed > MAX_CHUNKS_PER_TOKEN * self.max_tokens + 16
+            or self.bytes_relayed > MAX_BYTES_PER_TOKEN * self.max_tokens + 1024
+        ):
+            # Far past max_tokens: no honest runtime sends this. The rest is not relayed
+            # (nor held in memory), and it is not billed beyond max_tokens.
+            raise UpstreamError("the node sent far more than max_tokens")
         return batch
 
     async def whole(self) -> tuple[str, str]:
@@ -463,11 +478,18 @@ class Completion:
                 usage=usage,
             )
         )
-        if self.owner.settlements.backlog > MAX_SETTLEMENT_BACKLOG:
-            # The books fall behind the answers: wait, so that load slows to their pace.
+        settlements = self.owner.settlements
+        if settlements.backlog > MAX_SETTLEMENT_BACKLOG and not settlements.retrying:
+            # The books fall behind the answers: wait, so that load slows to their pace
+            # (not while the database is away: shutdown would wait for these for ever).
             with contextlib.suppress(Exception):
                 await asyncio.shield(written)
         return usage
+
+
+def _one_jobs_fault(error: BaseException) -> bool:
+    """A failed batch is run job by job, unless the database itself is away."""
+    return not database_unavailable(error)
 
 
 async def _close(stream: AsyncIterator[list[ChatChunk]]) -> None:

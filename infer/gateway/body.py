@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -120,6 +121,17 @@ class ChatCompletionBody(BaseModel):
         )
 
 
+def _finite(value: object) -> bool:
+    """Whether JSON can carry the value: no NaN or Infinity anywhere inside it."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
 def parse_body(raw: bytes, *, max_tokens_limit: int) -> ChatCompletionBody:
     """Validate the JSON body; a BadInput names the first offending field.
 
@@ -138,6 +150,11 @@ def parse_body(raw: bytes, *, max_tokens_limit: int) -> ChatCompletionBody:
             raise BadInput(f"missing required parameter: {location}", param=location) from exc
         message = str(error["msg"]).removeprefix("Value error, ")
         raise BadInput(f"invalid value for {location}: {message}", param=location) from exc
+    for param, value in (body.model_extra or {}).items():
+        if param in PASSTHROUGH and not _finite(value):
+            raise BadInput(
+                f"invalid value for {param}: NaN and Infinity are not numbers", param=param
+            )
     for param in ("max_tokens", "max_completion_tokens"):
         value = getattr(body, param)
         if value is not None and value > max_tokens_limit:
