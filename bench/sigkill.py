@@ -60,7 +60,7 @@ from sqlalchemy import text
 
 from infer.billing.ledger import FEES_ACCOUNT_ID, check_books
 from infer.billing.money import parse_usd
-from infer.completions.service import MAX_SETTLEMENT_BACKLOG
+from infer.completions.completion import MAX_SETTLEMENT_BACKLOG
 from infer.db import Database, upgrade_database
 
 SETTLEMENT_BATCH = 128  # GroupCommit's max_batch, which the settlements use

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REQUIRE_SERVICES, _services_reachable
 
-from infer.completions.service import MAX_SETTLEMENT_BACKLOG
+from infer.completions.completion import MAX_SETTLEMENT_BACKLOG
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTLEMENT_BATCH = 128  # the most settlements one write carries

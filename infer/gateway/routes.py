@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
-import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from infer.accounts.principal import Principal
 from infer.billing.money import format_usd
-from infer.completions.service import Completion
+from infer.completions.completion import Completion
 from infer.errors import InferError, Unauthenticated, UpstreamError
 from infer.gateway.body import ChatCompletionBody, parse_body
 from infer.gateway.errors import error_body, error_response
@@ -167,26 +167,30 @@ async def _whole(
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     """`work`'s result, or None as soon as the buyer disconnects (`work` is then cancelled).
 
-    The body has been read, so the next message the server sends is the disconnect.
+    The body has been read, so the next message the server sends is the disconnect. A
+    bare task watches for it (an anyio task group per request costs far more).
     """
-    result: T | None = None
-    failure: InferError | None = None  # raised outside, or the task group would wrap it
-    async with anyio.create_task_group() as group:
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
 
-        async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            group.cancel_scope.cancel()
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
 
-        group.start_soon(watch)
-        try:
-            result = await work
-        except InferError as error:
-            failure = error
-        group.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return result
+    watcher = asyncio.create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        return None
+    finally:
+        watcher.cancel()
 
 
 async def list_models(request: Request) -> Response:

@@ -1,26 +1,32 @@
 """A streamed answer with deadlines facing the buyer: a slow reader cannot hold it open.
 
-A buyer who stops reading fills the socket's buffers, and then every write waits. Each
-write gets `write_timeout` seconds, and the whole answer ends by `deadline` (the request's
+A buyer who stops reading fills the socket's buffers, and then every write waits. A write
+may wait `write_timeout` seconds, and the whole answer ends by `deadline` (the request's
 total deadline), whatever the buyer's pace; past either, the upstream is closed, the
 node's slot and the hold are released, what was relayed is charged as `client_timeout`,
 and the connection is dropped.
+
+Timing every write would cost a timer each; one watchdog per stream, waking a few times
+a write timeout, cancels a write that has waited too long, and each write checks the
+total deadline before it starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 
-import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Send
 
-from infer.completions.service import Completion
+from infer.completions.completion import Completion
 from infer.models import UsageStatus
 
 log = logging.getLogger(__name__)
+
+WATCHDOG_WAKES_PER_TIMEOUT = 4
 
 
 class BuyerStream(StreamingResponse):
@@ -37,22 +43,50 @@ class BuyerStream(StreamingResponse):
         self.completion = completion
         self.write_timeout = write_timeout
         self.deadline = deadline  # on time.monotonic()'s clock
+        self._writing_since: float | None = None
+        self._cut_off = False
 
     async def stream_response(self, send: Send) -> None:
-        async def timed(message: Message) -> None:
-            seconds = min(self.write_timeout, self.deadline - time.monotonic())
-            if seconds <= 0:  # checked here: a send that need not wait never sees its timer
-                raise TimeoutError
-            with anyio.fail_after(seconds):
-                await send(message)
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        every = min(1.0, self.write_timeout / WATCHDOG_WAKES_PER_TIMEOUT)
+        wake: asyncio.TimerHandle
 
+        def watchdog() -> None:
+            nonlocal wake
+            since, now = self._writing_since, time.monotonic()
+            if since is not None and (now - since >= self.write_timeout or now >= self.deadline):
+                self._cut_off = True
+                task.cancel()
+            else:
+                wake = loop.call_later(every, watchdog)
+
+        async def watched(message: Message) -> None:
+            if time.monotonic() >= self.deadline:
+                raise TimeoutError
+            self._writing_since = time.monotonic()
+            await send(message)
+            self._writing_since = None
+
+        wake = loop.call_later(every, watchdog)
         try:
-            await super().stream_response(timed)
-        except TimeoutError:
-            log.info(
-                "request %s: the buyer was too slow to read its answer; cut off",
-                self.completion.request_id,
-            )
-            await self.completion.finish(status=UsageStatus.CLIENT_TIMEOUT)
-            await self.body_iterator.aclose()  # type: ignore[attr-defined]
-            # Returning without the last body message makes the server drop the connection.
+            await super().stream_response(watched)
+        except TimeoutError:  # the total deadline, seen at a write
+            await self._cut()
+        except asyncio.CancelledError:
+            if not self._cut_off:
+                raise  # the server's own cancellation (a disconnect, shutdown)
+            task.uncancel()  # the watchdog's: a write waited too long
+            await self._cut()
+        finally:
+            wake.cancel()
+
+    async def _cut(self) -> None:
+        log.info(
+            "request %s: the buyer was too slow to read its answer; cut off",
+            self.completion.request_id,
+        )
+        await self.completion.finish(status=UsageStatus.CLIENT_TIMEOUT)
+        await self.body_iterator.aclose()  # type: ignore[attr-defined]
+        # Returning without the last body message makes the server drop the connection.
