@@ -222,11 +222,36 @@ async def test_a_buyer_who_reads_slowly_is_cut_off_at_the_total_deadline(
         finally:
             sock.close()
     assert closed_after is not None
-    assert 3.5 < closed_after < 10  # the 4 s deadline, not the 1 s write timeout
+    assert 2.5 < closed_after < 10  # the 4 s deadline (less its 1 s lead), not the write timeout
     assert b"[DONE]" not in last
     await _eventually(market.usage)
     [record] = await market.usage()
     assert record.status == "client_timeout"
+    await market.assert_books_balance()
+
+
+async def test_a_node_too_slow_for_the_total_deadline_is_the_nodes_failure_not_the_buyers(
+    impatient_market: Market,
+) -> None:
+    market = impatient_market
+    runtime = FakeRuntime(
+        dialect="ollama", models=(MODEL,), pieces=tuple(f" w{i}" for i in range(100)), interval=0.1
+    )
+    with serve_in_thread(runtime) as url:
+        await market.add_node(url, "slow")
+        started = time.monotonic()
+        async with market.http.stream(
+            "POST",
+            "/api/v1/chat/completions",
+            json={"model": MODEL, "messages": MESSAGES, "stream": True},
+            headers=_auth(market),
+        ) as response:
+            lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+        assert 3.5 < time.monotonic() - started < 8  # the node's 4 s deadline
+    assert '"upstream_timeout"' in lines[-2]  # an error event, then [DONE]
+    await _eventually(market.usage)
+    [record] = await market.usage()
+    assert record.status == "upstream_error"
     await market.assert_books_balance()
 
 

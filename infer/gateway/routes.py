@@ -19,7 +19,7 @@ from infer.completions.completion import Completion
 from infer.errors import InferError, Unauthenticated, UpstreamError
 from infer.gateway.body import ChatCompletionBody, parse_body
 from infer.gateway.errors import error_body, error_response
-from infer.gateway.stream import BuyerStream
+from infer.gateway.stream import DEADLINE_LEAD_SECONDS, BuyerStream
 from infer.models import UsageStatus
 from infer.resources import Resources
 from infer.routing.preferences import parse_preferences
@@ -58,7 +58,9 @@ async def chat_completions(request: Request) -> Response:
             _events(completion, body),
             completion,
             write_timeout=settings.client_write_timeout,
-            deadline=completion.started_at + settings.upstream_total_timeout,
+            deadline=completion.started_at
+            + settings.upstream_total_timeout
+            - DEADLINE_LEAD_SECONDS,
             headers=headers | {"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
     return await _whole(request, completion, body, headers)

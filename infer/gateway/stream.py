@@ -8,7 +8,11 @@ and the connection is dropped.
 
 Timing every write would cost a timer each; one watchdog per stream, waking a few times
 a write timeout, cancels a write that has waited too long, and each write checks the
-total deadline before it starts.
+total deadline before it starts. Past the deadline the buyer is cut off only if the
+answer spent at least half its time waiting for the buyer's reads; otherwise the node
+was the slow one, and its own total deadline (a second later: `deadline` is set that
+much earlier) ends the answer as the node's failure, so a slow reader cannot make a
+node look bad.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from infer.models import UsageStatus
 log = logging.getLogger(__name__)
 
 WATCHDOG_WAKES_PER_TIMEOUT = 4
+DEADLINE_LEAD_SECONDS = 1.0  # the buyer's deadline comes this much before the node's
 
 
 class BuyerStream(StreamingResponse):
@@ -44,7 +49,16 @@ class BuyerStream(StreamingResponse):
         self.write_timeout = write_timeout
         self.deadline = deadline  # on time.monotonic()'s clock
         self._writing_since: float | None = None
+        self._waited = 0.0  # seconds spent in writes that are over
         self._cut_off = False
+
+    def _buyer_too_slow(self, now: float) -> bool:
+        """Past the deadline, with the answer waiting on the buyer half its time or more."""
+        if now < self.deadline:
+            return False
+        since = self._writing_since
+        waited = self._waited + (now - since if since is not None else 0.0)
+        return 2 * waited >= now - self.completion.started_at
 
     async def stream_response(self, send: Send) -> None:
         task = asyncio.current_task()
@@ -56,18 +70,22 @@ class BuyerStream(StreamingResponse):
         def watchdog() -> None:
             nonlocal wake
             since, now = self._writing_since, time.monotonic()
-            if since is not None and (now - since >= self.write_timeout or now >= self.deadline):
+            if since is not None and (
+                now - since >= self.write_timeout or self._buyer_too_slow(now)
+            ):
                 self._cut_off = True
                 task.cancel()
             else:
                 wake = loop.call_later(every, watchdog)
 
         async def watched(message: Message) -> None:
-            if time.monotonic() >= self.deadline:
+            started = time.monotonic()
+            if self._buyer_too_slow(started):
                 raise TimeoutError
-            self._writing_since = time.monotonic()
+            self._writing_since = started
             await send(message)
             self._writing_since = None
+            self._waited += time.monotonic() - started
 
         wake = loop.call_later(every, watchdog)
         try:
