@@ -124,6 +124,8 @@ class User(SQLModel, table=True):
     # What buyers see of a provider, chosen by its operator; the key (lower-cased) is unique.
     display_name: str | None = Field(default=None, max_length=32)
     display_name_key: str | None = Field(default=None, max_length=32, unique=True)
+    # The provider profile's own words, shown on its storefront page.
+    description: str | None = Field(default=None, max_length=500)
 
 
 class Session(SQLModel, table=True):
@@ -316,6 +318,45 @@ class Review(SQLModel, table=True):
     comment: str | None = Field(default=None, max_length=2000)
     created_at: datetime = _created()
     updated_at: datetime = _created()
+    # The settled request that entitles the reviewer (verified purchase).
+    request_id: str | None = Field(default=None, max_length=64)
+    # The provider's one answer to the review.
+    reply: str | None = Field(default=None, max_length=2000)
+    replied_at: datetime | None = _time(nullable=True)
+
+
+class MarketFigures(SQLModel, table=True):
+    """Measured figures of a provider (model '' for all its models) over one period,
+    kept by a background rollup so that the storefront never scans usage records.
+    Null figures mean "not enough data".
+    """
+
+    __tablename__ = "market_figures"
+    __table_args__ = (sa.UniqueConstraint("operator_id", "model", "period"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=_BIG_ID)
+    operator_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE")
+    model: str = Field(default="", max_length=200)
+    period: str = Field(max_length=8)  # "30m", "1h", "24h", "7d"
+    uptime: float | None = None
+    ttft_ms_p50: float | None = None
+    ttft_ms_p90: float | None = None
+    tokens_per_second_p50: float | None = None
+    tokens_per_second_p90: float | None = None
+    success_rate: float | None = None
+    requests: int = Field(default=0, sa_type=sa.BigInteger)
+    tokens: int = Field(default=0, sa_type=sa.BigInteger)
+    computed_at: datetime = _created()
+
+
+class Lease(SQLModel, table=True):
+    """A periodic job one replica at a time runs: whoever holds the lease until it expires."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
 class AuditLog(SQLModel, table=True):
