@@ -59,6 +59,20 @@ async def test_asking_for_more_tokens_than_the_ceiling_is_a_400_naming_the_param
     await market.assert_books_balance()
 
 
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("top_k", "many"), ("min_p", 2), ("repeat_penalty", 0), ("logit_bias", {"1": 1000})],
+)
+async def test_a_bad_value_for_a_runtime_option_is_this_requests_400(
+    market: Market, simulator: str, param: str, value: object
+) -> None:
+    await market.add_node(simulator, "n1")
+    response = await _completion(market, **{param: value})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"].startswith(param)
+    await market.assert_books_balance()
+
+
 def test_a_hold_that_could_expire_before_its_request_ends_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match="INFER_HOLD_TTL_SECONDS"):
         Settings(hold_ttl_seconds=600, upstream_total_timeout=600)

@@ -20,7 +20,8 @@ from infer.security.text import MAX_MODEL_NAME, MODEL_NAME_CHARACTERS, is_model_
 
 MAX_MESSAGES = 1024
 MAX_STOP = 4
-# Passed on to runtimes that understand them; anything else unknown is ignored.
+# Passed on to runtimes that understand them (typed below, so that a buyer's bad value is
+# this request's 400, never a node's failure); anything else unknown is ignored.
 PASSTHROUGH = ("top_k", "min_p", "repeat_penalty", "response_format", "logit_bias")
 
 
@@ -80,6 +81,11 @@ class ChatCompletionBody(BaseModel):
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     user: Text | None = None
     provider: dict[str, Any] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=1_000_000)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    response_format: dict[str, Any] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
 
     @field_validator("model")
     @classmethod
@@ -106,7 +112,7 @@ class ChatCompletionBody(BaseModel):
 
     def to_chat_request(self, *, max_tokens: int) -> ChatRequest:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        extra = {k: v for k, v in (self.model_extra or {}).items() if k in PASSTHROUGH}
+        extra = {k: getattr(self, k) for k in PASSTHROUGH if getattr(self, k) is not None}
         return ChatRequest(
             model=self.model,
             messages=tuple(ChatMessage(role=m.role, content=m.text()) for m in self.messages),
@@ -150,8 +156,8 @@ def parse_body(raw: bytes, *, max_tokens_limit: int) -> ChatCompletionBody:
             raise BadInput(f"missing required parameter: {location}", param=location) from exc
         message = str(error["msg"]).removeprefix("Value error, ")
         raise BadInput(f"invalid value for {location}: {message}", param=location) from exc
-    for param, value in (body.model_extra or {}).items():
-        if param in PASSTHROUGH and not _finite(value):
+    for param in PASSTHROUGH:
+        if not _finite(getattr(body, param)):
             raise BadInput(
                 f"invalid value for {param}: NaN and Infinity are not numbers", param=param
             )

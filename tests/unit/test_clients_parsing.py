@@ -131,6 +131,12 @@ def test_ollama_model_names() -> None:
         ollama.model_names({"models": [{"model": "no name"}]}, "tags")
 
 
+def test_ollama_body_carries_ollamas_own_sampling_options() -> None:
+    extra = {"top_k": 3, "min_p": 0.05, "repeat_penalty": 1.1, "logit_bias": {"1": 2.0}}
+    body = ollama.chat_body(ask(max_tokens=9, extra=extra))
+    assert body["options"] == {"num_predict": 9, "top_k": 3, "min_p": 0.05, "repeat_penalty": 1.1}
+
+
 # --- OpenAI-style SSE -----------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from infer.nodes.clients.payloads import (
 from infer.nodes.clients.wire import drain, fetch_json, open_stream, read_lines
 
 NDJSON = "application/x-ndjson"
+OLLAMA_OPTIONS = ("top_k", "min_p", "repeat_penalty")
 # Most chat templates know system, user, assistant and tool only.
 ROLES = {"developer": "system"}
 
@@ -37,6 +38,8 @@ def chat_body(request: ChatRequest) -> dict[str, object]:
     options = sampling(request)
     if request.max_tokens is not None:
         options["num_predict"] = request.max_tokens
+    # Ollama's own sampling options, passed on as the buyer set them.
+    options.update({k: v for k, v in request.extra.items() if k in OLLAMA_OPTIONS})
     return {
         "model": request.model,
         "messages": messages(request, roles=ROLES),
