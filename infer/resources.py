@@ -19,6 +19,7 @@ from infer.keys.auth import KeyAuthenticator
 from infer.keys.limits import KeyLimits
 from infer.keys.revocations import KeyChanges
 from infer.keys.service import KeyMaterial
+from infer.marketplace.figures import FiguresRollup
 from infer.nodes.clients.base import Deadlines
 from infer.nodes.http import create_http_client
 from infer.nodes.monitor import HealthMonitor
@@ -53,6 +54,7 @@ class Resources:
     router: Router
     completions: Completions
     key_changes: KeyChanges
+    figures: FiguresRollup
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _listener: asyncio.Task[None] | None = None
@@ -102,6 +104,7 @@ class Resources:
                 on_change=router.catalog.invalidate,
             ),
             router=router,
+            figures=FiguresRollup(db, interval=settings.figures_interval),
             key_changes=KeyChanges.from_url(
                 settings.redis_url, prefix=settings.redis_prefix, forget=authenticator.forget
             ),
@@ -140,6 +143,7 @@ class Resources:
         self._tasks.append(asyncio.create_task(self._flush_last_used_forever()))
         self._tasks.append(asyncio.create_task(self.monitor.run_forever()))
         self._tasks.append(asyncio.create_task(self._expire_holds_forever()))
+        self._tasks.append(asyncio.create_task(self._refresh_figures_forever()))
         self._tasks.append(asyncio.create_task(self.completions.replay()))
         self._listener = asyncio.create_task(self.key_changes.listen_forever())
 
@@ -163,6 +167,14 @@ class Resources:
             except Exception:  # retried next round
                 log.exception("could not expire stale holds")
             await self._stopped_within(HOLD_SWEEP_SECONDS)
+
+    async def _refresh_figures_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.figures.sweep()
+            except Exception:  # retried next round; the stored figures stay as they were
+                log.exception("could not refresh the market figures")
+            await self._stopped_within(self.figures.interval)
 
     async def _stop_background(self) -> None:
         """Ask the loops to end after the step in hand; cancel what is still busy after 5 s.

@@ -26,7 +26,7 @@ from infer.security.text import MAX_MODEL_NAME, MODEL_NAME_CHARACTERS, is_model_
 
 log = logging.getLogger(__name__)
 
-RETENTION = timedelta(hours=24)
+RETENTION = timedelta(days=7)  # the market figures measure uptime over 7 days
 MODEL_RETENTION = timedelta(days=7)  # a model gone from its runtime this long is deleted
 LATENCY_WEIGHT = 0.3  # EWMA weight of the newest probe latency
 

@@ -15,7 +15,8 @@ from infer.audit import ClientInfo
 from infer.billing import ledger, reports
 from infer.billing.reports import Bucket, Dimension, Figures, Period, Side
 from infer.keys.service import keys_of_users
-from infer.models import ApiKey, HealthCheck, Node, NodeModel
+from infer.marketplace.figures import figures_of
+from infer.models import ApiKey, HealthCheck, MarketFigures, Node, NodeModel
 from infer.nodes.registry import models_of_nodes, nodes_of_operators, recent_checks
 from infer.resources import Resources
 
@@ -35,6 +36,7 @@ class Loaders:
     health_checks: DataLoader[tuple[uuid.UUID, int], list[HealthCheck]] = field(init=False)
     usage_figures: DataLoader[FiguresKey, Figures] = field(init=False)
     usage_buckets: DataLoader[BucketsKey, list[Bucket]] = field(init=False)
+    market_figures: DataLoader[tuple[uuid.UUID, str], list[MarketFigures]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.balance = DataLoader(load_fn=self._balances)
@@ -44,6 +46,7 @@ class Loaders:
         self.health_checks = DataLoader(load_fn=self._health_checks)
         self.usage_figures = DataLoader(load_fn=self._usage_figures)
         self.usage_buckets = DataLoader(load_fn=self._usage_buckets)
+        self.market_figures = DataLoader(load_fn=self._market_figures)
 
     async def _balances(self, user_ids: list[uuid.UUID]) -> list[int]:
         async with self.resources.db.session() as session:
@@ -83,6 +86,11 @@ class Loaders:
                     session, side=side, user_ids=user_ids, period=period
                 )
                 found.update(((side, u, period), f) for u, f in figures.items())
+        return [found[key] for key in keys]
+
+    async def _market_figures(self, keys: list[tuple[uuid.UUID, str]]) -> list[list[MarketFigures]]:
+        async with self.resources.db.session() as session:
+            found = await figures_of(session, keys)
         return [found[key] for key in keys]
 
     async def _usage_buckets(self, keys: list[BucketsKey]) -> list[list[Bucket]]:

@@ -11,6 +11,7 @@ from strawberry.types import Info
 from infer.errors import NotFound
 from infer.marketplace import service
 from infer.schema.context import Context
+from infer.schema.figures import ProviderStats, provider_stats
 from infer.schema.permissions import require_principal
 
 
@@ -21,6 +22,10 @@ class Provider:
     rating: float | None = strawberry.field(description="Average of 1 to 5; null if unrated.")
     review_count: int
     models: list[str] = strawberry.field(description="Models its online nodes sell now.")
+
+    @strawberry.field
+    async def stats(self, info: Info[Context, Any]) -> ProviderStats:
+        return await provider_stats(info, uuid.UUID(self.id))
 
 
 @strawberry.type(name="Review")
