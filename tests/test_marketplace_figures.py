@@ -8,8 +8,10 @@ from datetime import timedelta
 
 import pytest
 from sqlmodel import select
-from test_gateway import MESSAGES, Market, market, platform_settings
+from test_gateway import MESSAGES, MODEL, Market, market, platform_settings
 
+from infer.app import create_app
+from infer.config import Settings
 from infer.db import Database
 from infer.marketplace.figures import (
     FiguresRollup,
@@ -19,7 +21,7 @@ from infer.marketplace.figures import (
     tokens_per_second,
 )
 from infer.models import HealthCheck, MarketFigures, Node, User, utcnow
-from infer.simulator import SimulatorConfig, serve_simulator_in_thread
+from infer.simulator import SimulatorConfig, serve_in_thread, serve_simulator_in_thread
 
 __all__ = ["market", "platform_settings"]  # fixtures shared with test_gateway
 
@@ -158,3 +160,26 @@ async def test_a_lease_is_taken_once_until_it_expires(db: Database) -> None:
     async with db.session() as session:
         rows = (await session.exec(select(MarketFigures))).all()
     assert rows == []  # taking a lease computes nothing by itself
+
+
+async def test_the_platform_keeps_the_figures_fresh_by_itself(
+    platform_settings: Settings, db: Database
+) -> None:
+    settings = platform_settings.model_copy(update={"figures_interval": 0.2})
+    with (
+        serve_in_thread(create_app(settings), lifespan="on") as url,
+        serve_simulator_in_thread(SimulatorConfig(models=(MODEL,))) as simulator,
+    ):
+        market = Market(url, db)
+        await market.setup(credits=10_000_000)
+        await market.add_node(simulator, "n1")
+        await _ask(market, MODEL, 5)
+        deadline = asyncio.get_running_loop().time() + 10
+        while asyncio.get_running_loop().time() < deadline:
+            [stats] = (await _stats(market)).values()
+            if stats["requestsServed"] == 5:
+                break
+            await asyncio.sleep(0.1)
+        await market.close()
+    assert stats["requestsServed"] == 5
+    assert stats["ttftMsP50"] is not None

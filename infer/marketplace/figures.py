@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -108,15 +109,14 @@ async def refresh_figures(db: Database, *, now: datetime | None = None) -> int:
         return figures.setdefault((operator_id, model, period), _Figures())
 
     async with db.session() as session:
-        for period, span in PERIODS.items():
-            for operator_id, model, attempts, completed, tokens in await _counts(
-                session, since=now - span
-            ):
-                for key in (model, ALL_MODELS):
-                    entry = at(operator_id, key, period)
-                    entry.attempts += attempts
-                    entry.completed += completed
-                    entry.tokens += tokens
+        for operator_id, model, period, attempts, completed, tokens in await _counts(
+            session, now=now
+        ):
+            for key in (model, ALL_MODELS):
+                entry = at(operator_id, key, period)
+                entry.attempts += attempts
+                entry.completed += completed
+                entry.tokens += tokens
         for operator_id, model, created_at, ttft, completion, duration in await _samples(
             session, since=now - PERIODS["24h"]
         ):
@@ -130,11 +130,13 @@ async def refresh_figures(db: Database, *, now: datetime | None = None) -> int:
                     if speed is not None:
                         entry.speeds.append(speed)
         offers = await _offers(session)
+        checks = await _checks(session, now=now)
         for period in UPTIME_PERIODS:
-            checks = await _checks(session, since=now - PERIODS[period])
             for (operator_id, model), node_ids in offers.items():
-                total = sum(checks.get(node_id, (0, 0))[0] for node_id in node_ids)
-                good = sum(checks.get(node_id, (0, 0))[1] for node_id in node_ids)
+                counted = [
+                    checks[node_id, period] for node_id in node_ids if (node_id, period) in checks
+                ]
+                total, good = sum(t for t, _ in counted), sum(g for _, g in counted)
                 if total >= MIN_CHECKS:
                     at(operator_id, model, period).uptime = good / total
     rows = [entry.row(*key, now) for key, entry in figures.items()]
@@ -145,22 +147,35 @@ async def refresh_figures(db: Database, *, now: datetime | None = None) -> int:
 
 
 async def _counts(
-    session: AsyncSession, *, since: datetime
-) -> Iterable[tuple[uuid.UUID, str, int, int, int]]:
+    session: AsyncSession, *, now: datetime
+) -> list[tuple[uuid.UUID, str, str, int, int, int]]:
+    """Per provider, model and period: (requests sent, completed, tokens served); one scan."""
     completed = col(UsageRecord.status) == "completed"
     served = col(UsageRecord.prompt_tokens) + col(UsageRecord.completion_tokens)
-    result = await session.exec(
-        select(  # type: ignore[call-overload]
-            UsageRecord.operator_id,
-            UsageRecord.model,
-            sa.func.count(),
-            sa.func.sum(sa.case((completed, 1), else_=0)),
-            sa.func.sum(sa.case((completed, served), else_=0)),
+    columns: list[sa.ColumnElement[Any]] = []
+    for span in PERIODS.values():
+        recent = col(UsageRecord.created_at) >= now - span
+        done = sa.and_(recent, completed)
+        columns += [
+            sa.func.sum(sa.case((recent, 1), else_=0)),
+            sa.func.sum(sa.case((done, 1), else_=0)),
+            sa.func.sum(sa.case((done, served), else_=0)),
+        ]
+    result = await session.exec(  # type: ignore[call-overload]  # a Core select of aggregates
+        sa.select(col(UsageRecord.operator_id), col(UsageRecord.model), *columns)
+        .where(
+            col(UsageRecord.operator_id).is_not(None),
+            col(UsageRecord.created_at) >= now - max(PERIODS.values()),
         )
-        .where(col(UsageRecord.operator_id).is_not(None), UsageRecord.created_at >= since)
         .group_by(col(UsageRecord.operator_id), col(UsageRecord.model))
     )
-    return [(o, m, int(a), int(c or 0), int(t or 0)) for o, m, a, c, t in result]
+    counts = []
+    for operator_id, model, *sums in result:
+        for index, period in enumerate(PERIODS):
+            attempts, done_count, tokens = (int(v or 0) for v in sums[3 * index : 3 * index + 3])
+            if attempts:
+                counts.append((operator_id, model, period, attempts, done_count, tokens))
+    return counts
 
 
 async def _samples(
@@ -221,18 +236,28 @@ async def _offers(session: AsyncSession) -> dict[Key, set[uuid.UUID]]:
     return offers
 
 
-async def _checks(session: AsyncSession, *, since: datetime) -> dict[uuid.UUID, tuple[int, int]]:
-    """Per node: (health checks, good ones) since then."""
-    result = await session.exec(
-        select(
-            HealthCheck.node_id,
-            sa.func.count(),
-            sa.func.sum(sa.case((col(HealthCheck.ok), 1), else_=0)),
-        )
-        .where(HealthCheck.checked_at >= since)
+async def _checks(
+    session: AsyncSession, *, now: datetime
+) -> dict[tuple[uuid.UUID, str], tuple[int, int]]:
+    """Per node and uptime period: (health checks, good ones); one scan."""
+    columns: list[sa.ColumnElement[Any]] = []
+    for period in UPTIME_PERIODS:
+        recent = col(HealthCheck.checked_at) >= now - PERIODS[period]
+        columns += [
+            sa.func.sum(sa.case((recent, 1), else_=0)),
+            sa.func.sum(sa.case((sa.and_(recent, col(HealthCheck.ok)), 1), else_=0)),
+        ]
+    oldest = now - max(PERIODS[period] for period in UPTIME_PERIODS)
+    result = await session.exec(  # type: ignore[call-overload]  # a Core select of aggregates
+        sa.select(col(HealthCheck.node_id), *columns)
+        .where(col(HealthCheck.checked_at) >= oldest)
         .group_by(col(HealthCheck.node_id))
     )
-    return {node_id: (int(total), int(good or 0)) for node_id, total, good in result}
+    checks = {}
+    for node_id, *sums in result:
+        for index, period in enumerate(UPTIME_PERIODS):
+            checks[node_id, period] = (int(sums[2 * index] or 0), int(sums[2 * index + 1] or 0))
+    return checks
 
 
 async def figures_of(session: AsyncSession, keys: Sequence[Key]) -> dict[Key, list[MarketFigures]]:
