@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     login_limit_address: str = "30/5 minutes"
     login_limit_account: str = "100/hour"
     signup_limit_address: str = "20/hour"
+    # The public storefront (providers, provider) per client address; review writes per user.
+    market_limit_address: str = "120/minute"
+    review_limit_user: str = "10/hour"
     graphql_max_depth: int = Field(default=12, ge=1)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=2000, ge=1)
@@ -137,7 +140,12 @@ class Settings(BaseSettings):
         return tuple(origins)
 
     @field_validator(
-        "login_limit_pair", "login_limit_account", "login_limit_address", "signup_limit_address"
+        "login_limit_pair",
+        "login_limit_account",
+        "login_limit_address",
+        "signup_limit_address",
+        "market_limit_address",
+        "review_limit_user",
     )
     @classmethod
     def _rate_limit(cls, value: str) -> str:

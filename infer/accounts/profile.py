@@ -14,12 +14,14 @@ from infer.audit import ClientInfo
 from infer.db import Database
 from infer.errors import BadInput, Conflict, NotFound
 from infer.models import User
+from infer.security.text import check_text
 
 # ASCII only, so no name can pass for another through look-alike letters of other scripts
 # ("Ann" spelt with a Cyrillic A); it starts and ends with a letter or digit.
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._-]{1,30})[A-Za-z0-9]", re.ASCII)
 # Kept for the defaults, so a chosen name never looks like another provider's default.
 DEFAULT_PREFIX = "provider-"
+MAX_DESCRIPTION = 500
 _RULE = (
     "a display name is 3 to 32 letters, digits, spaces, '.', '_' or '-',"
     " starting and ending with a letter or digit"
@@ -71,4 +73,21 @@ async def set_display_name(
     except IntegrityError as exc:
         # Two operators choosing one name at once: the unique key turns one away.
         raise taken from exc
+    return user
+
+
+async def set_description(
+    db: Database, *, principal: Principal, description: str | None, client: ClientInfo
+) -> User:
+    """The provider profile's own words (at most 500 characters); empty or null clears them."""
+    text = check_text(
+        description, param="description", what="a description", max_length=MAX_DESCRIPTION
+    )
+    async with db.transaction() as session:
+        user = await session.get(User, principal.user_id)
+        if user is None:
+            raise NotFound("no such user")
+        user.description = text
+        session.add(user)
+        audit.record(session, action="user.description_set", client=client, actor_id=user.id)
     return user

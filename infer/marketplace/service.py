@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from infer import audit
-from infer.accounts.principal import Principal
 from infer.accounts.profile import display_name
-from infer.audit import ClientInfo
 from infer.db import Database
-from infer.errors import BadInput, Conflict, Forbidden, NotFound
-from infer.models import Node, NodeModel, NodeStatus, Review, UsageRecord, User, utcnow
-from infer.security.text import check_text
-
-MAX_COMMENT = 2000
+from infer.errors import NotFound
+from infer.marketplace.reviews import average, rating_figures
+from infer.models import Node, NodeModel, NodeStatus, Review, User
 
 
 @dataclass(frozen=True)
@@ -30,6 +25,8 @@ class Provider:
     rating: float | None
     review_count: int
     models: tuple[str, ...]
+    description: str | None = None
+    joined_at: datetime | None = None
 
 
 async def list_providers(db: Database) -> list[Provider]:
@@ -58,13 +55,18 @@ async def list_providers(db: Database) -> list[Provider]:
         )
         figures = {pid: (float(avg), int(count)) for pid, avg, count in ratings}
         names = await session.exec(
-            select(User.id, User.display_name).where(col(User.id).in_(list(models)))
+            select(User.id, User.display_name, User.description, User.created_at).where(
+                col(User.id).in_(list(models))
+            )
         )
-        labels = {uid: display_name(uid, chosen) for uid, chosen in names}
+        # Every operator has its user row (nodes.operator_id is a foreign key).
+        profiles = {uid: (chosen, text, at) for uid, chosen, text, at in names}
     providers = [
         Provider(
             id=operator_id,
-            name=labels.get(operator_id) or display_name(operator_id, None),
+            name=display_name(operator_id, profiles[operator_id][0]),
+            description=profiles[operator_id][1],
+            joined_at=profiles[operator_id][2],
             rating=round(figures[operator_id][0], 2) if operator_id in figures else None,
             review_count=figures.get(operator_id, (0.0, 0))[1],
             models=tuple(sorted(offered_models)),
@@ -74,56 +76,35 @@ async def list_providers(db: Database) -> list[Provider]:
     return sorted(providers, key=lambda p: (-(p.rating or 0), -p.review_count, p.name))
 
 
-async def create_review(
-    db: Database,
-    *,
-    principal: Principal,
-    provider_id: uuid.UUID,
-    rating: int,
-    comment: str | None,
-    client: ClientInfo,
-) -> Review:
-    """One review per buyer per provider, from buyers who have used that provider."""
-    if not 1 <= rating <= 5:
-        raise BadInput("a rating is 1 to 5", param="rating")
-    comment = check_text(comment, param="comment", what="a comment", max_length=MAX_COMMENT)
-    if provider_id == principal.user_id:
-        raise Forbidden("you cannot review yourself")
+async def provider_page(db: Database, *, provider_id: uuid.UUID) -> Provider:
+    """One provider (a user with a node, in any state) with its profile and exact rating."""
     async with db.session() as session:
-        provider = await session.get(User, provider_id)
-        used = await session.exec(
-            select(UsageRecord.id)
+        user = await session.get(User, provider_id)
+        has_node = (
+            await session.exec(select(Node.id).where(Node.operator_id == provider_id).limit(1))
+        ).first()
+        if user is None or has_node is None:
+            raise NotFound("no such provider", param="id")
+        offered = await session.exec(
+            select(NodeModel.model)
+            .join(Node, col(NodeModel.node_id) == col(Node.id))
             .where(
-                UsageRecord.buyer_id == principal.user_id,
-                UsageRecord.operator_id == provider_id,
-                UsageRecord.status == "completed",
+                Node.operator_id == provider_id,
+                Node.status == NodeStatus.ONLINE,
+                col(NodeModel.available).is_(True),
+                (col(NodeModel.input_price_per_million) + col(NodeModel.output_price_per_million))
+                > 0,
             )
-            .limit(1)
+            .distinct()
         )
-        has_used = used.first() is not None
-    if provider is None:
-        raise NotFound("no such provider", param="providerId")
-    if not has_used:
-        raise Forbidden("only buyers who have used this provider may review it")
-    review = Review(
-        provider_id=provider_id,
-        reviewer_id=principal.user_id,
-        rating=rating,
-        comment=comment,
-        created_at=utcnow(),
-        updated_at=utcnow(),
+        models = tuple(sorted(offered))
+        distribution = (await rating_figures(session, [provider_id]))[provider_id]
+    return Provider(
+        id=user.id,
+        name=display_name(user.id, user.display_name),
+        rating=average(distribution),
+        review_count=sum(distribution),
+        models=models,
+        description=user.description,
+        joined_at=user.created_at,
     )
-    try:
-        async with db.transaction() as session:
-            session.add(review)
-            audit.record(
-                session,
-                action="review.created",
-                client=client,
-                actor_id=principal.user_id,
-                target=f"provider:{provider_id}",
-                details={"rating": rating},
-            )
-    except IntegrityError as exc:
-        raise Conflict("you have already reviewed this provider", param="providerId") from exc
-    return review

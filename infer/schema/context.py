@@ -16,12 +16,14 @@ from infer.billing import ledger, reports
 from infer.billing.reports import Bucket, Dimension, Figures, Period, Side
 from infer.keys.service import keys_of_users
 from infer.marketplace.figures import figures_of
+from infer.marketplace.reviews import ReviewPage, page_of_reviews, rating_figures
 from infer.models import ApiKey, HealthCheck, MarketFigures, Node, NodeModel
 from infer.nodes.registry import models_of_nodes, nodes_of_operators, recent_checks
 from infer.resources import Resources
 
 FiguresKey = tuple[Side, uuid.UUID, Period]
 BucketsKey = tuple[Side, uuid.UUID, Period, Dimension]
+ReviewsKey = tuple[uuid.UUID, int, str | None]  # provider, first, after
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Loaders:
     usage_figures: DataLoader[FiguresKey, Figures] = field(init=False)
     usage_buckets: DataLoader[BucketsKey, list[Bucket]] = field(init=False)
     market_figures: DataLoader[tuple[uuid.UUID, str], list[MarketFigures]] = field(init=False)
+    review_pages: DataLoader[ReviewsKey, ReviewPage] = field(init=False)
+    rating_distributions: DataLoader[uuid.UUID, list[int]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.balance = DataLoader(load_fn=self._balances)
@@ -47,6 +51,8 @@ class Loaders:
         self.usage_figures = DataLoader(load_fn=self._usage_figures)
         self.usage_buckets = DataLoader(load_fn=self._usage_buckets)
         self.market_figures = DataLoader(load_fn=self._market_figures)
+        self.review_pages = DataLoader(load_fn=self._review_pages)
+        self.rating_distributions = DataLoader(load_fn=self._rating_distributions)
 
     async def _balances(self, user_ids: list[uuid.UUID]) -> list[int]:
         async with self.resources.db.session() as session:
@@ -105,6 +111,19 @@ class Loaders:
                 )
                 found.update(((side, u, period, by), b) for u, b in buckets.items())
         return [found[key] for key in keys]
+
+    async def _review_pages(self, keys: list[ReviewsKey]) -> list[ReviewPage]:
+        # One query per provider page asked for; a request names few (page sizes are capped).
+        async with self.resources.db.session() as session:
+            return [
+                await page_of_reviews(session, provider_id=pid, first=first, after=after)
+                for pid, first, after in keys
+            ]
+
+    async def _rating_distributions(self, provider_ids: list[uuid.UUID]) -> list[list[int]]:
+        async with self.resources.db.session() as session:
+            found = await rating_figures(session, provider_ids)
+        return [found[pid] for pid in provider_ids]
 
 
 @dataclass

@@ -3,16 +3,105 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import strawberry
 from strawberry.types import Info
 
+from infer.accounts import profile
 from infer.errors import NotFound
-from infer.marketplace import service
+from infer.marketplace import reviews, service
+from infer.models import Node as NodeRow
+from infer.models import NodeStatus
+from infer.models import Review as ReviewRow
 from infer.schema.context import Context
 from infer.schema.figures import ProviderStats, provider_stats
+from infer.schema.node import NodeStatus as NodeStatusType
 from infer.schema.permissions import require_principal
+from infer.schema.user import User
+
+
+def _parse_id(value: str, *, param: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise NotFound(f"no such {what}", param=param) from exc
+
+
+@strawberry.type(name="Review")
+class Review:
+    id: strawberry.ID
+    rating: int
+    comment: str | None
+    verified: bool = strawberry.field(
+        description="True when a settled request with the provider entitles the review."
+    )
+    created_at: datetime
+    updated_at: datetime
+    reply: str | None = strawberry.field(description="The provider's one answer.")
+    replied_at: datetime | None
+
+    @classmethod
+    def from_model(cls, row: ReviewRow) -> Review:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            rating=row.rating,
+            comment=row.comment,
+            verified=row.request_id is not None,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            reply=row.reply,
+            replied_at=row.replied_at,
+        )
+
+
+@strawberry.type(name="ReviewPage")
+class ReviewPage:
+    nodes: list[Review] = strawberry.field(description="Newest first.")
+    end_cursor: str | None = strawberry.field(
+        description="Pass as `after` for the next page; null on the last page."
+    )
+
+
+@strawberry.type(name="RatingCount")
+class RatingCount:
+    stars: int
+    count: int
+
+
+@strawberry.type(name="PublicNode")
+class PublicNode:
+    """A provider's node as buyers see it: never its endpoint or token."""
+
+    name: str
+    gpu_class: str | None = strawberry.field(description="The GPU's (or CPU's) name, if known.")
+    gpu_memory_mib: int | None = strawberry.field(description="Total GPU memory, if known.")
+    status: NodeStatusType  # type: ignore[valid-type]
+    id_: strawberry.Private[uuid.UUID]
+
+    @strawberry.field
+    async def models(self, info: Info[Context, Any]) -> list[str]:
+        rows = await info.context.loaders.node_models.load(self.id_)
+        return [row.model for row in rows if row.available]
+
+    @classmethod
+    def from_model(cls, row: NodeRow) -> PublicNode:
+        gpu = row.gpu if isinstance(row.gpu, dict) else {}
+        devices = gpu.get("devices")
+        first = devices[0] if isinstance(devices, list) and devices else {}
+        name = first.get("name") if isinstance(first, dict) else None
+        memory = gpu.get("memory_bytes")
+        if not isinstance(memory, int) and isinstance(first, dict):
+            memory = first.get("memory_bytes")
+        vendor = gpu.get("vendor")
+        return cls(
+            name=row.name,
+            gpu_class=str(name)[:100] if name else (str(vendor)[:100] if vendor else None),
+            gpu_memory_mib=memory // 2**20 if isinstance(memory, int) and memory > 0 else None,
+            status=row.status,
+            id_=row.id,
+        )
 
 
 @strawberry.type(name="Provider")
@@ -27,36 +116,84 @@ class Provider:
     async def stats(self, info: Info[Context, Any]) -> ProviderStats:
         return await provider_stats(info, uuid.UUID(self.id))
 
+    description: str | None = strawberry.field(description="The provider's own words.")
+    joined_at: datetime | None
 
-@strawberry.type(name="Review")
-class Review:
-    id: strawberry.ID
-    rating: int
-    comment: str | None
+    @strawberry.field
+    async def nodes(self, info: Info[Context, Any]) -> list[PublicNode]:
+        rows = await info.context.loaders.nodes.load(uuid.UUID(self.id))
+        return [PublicNode.from_model(row) for row in rows if row.status != NodeStatus.DISABLED]
 
+    @strawberry.field
+    async def reviews(
+        self, info: Info[Context, Any], first: int = 20, after: str | None = None
+    ) -> ReviewPage:
+        reviews.check_page(first, after)
+        page = await info.context.loaders.review_pages.load((uuid.UUID(self.id), first, after))
+        return ReviewPage(
+            nodes=[Review.from_model(row) for row in page.reviews], end_cursor=page.end_cursor
+        )
 
-async def providers(info: Info[Context, Any]) -> list[Provider]:
-    require_principal(info)
-    return [
-        Provider(
+    @strawberry.field
+    async def rating_distribution(self, info: Info[Context, Any]) -> list[RatingCount]:
+        counts = await info.context.loaders.rating_distributions.load(uuid.UUID(self.id))
+        return [RatingCount(stars=star, count=n) for star, n in enumerate(counts, start=1)]
+
+    @classmethod
+    def from_service(cls, p: service.Provider) -> Provider:
+        return cls(
             id=strawberry.ID(str(p.id)),
             name=p.name,
             rating=p.rating,
             review_count=p.review_count,
             models=list(p.models),
+            description=p.description,
+            joined_at=p.joined_at,
         )
-        for p in await service.list_providers(info.context.resources.db)
+
+
+async def _count_public_read(info: Info[Context, Any]) -> None:
+    ctx = info.context
+    await ctx.resources.limiter.check(
+        ctx.resources.settings.market_limit_address,
+        "market-address",
+        ctx.client.ip or "-",
+        message="too many storefront requests from this address; try again later",
+    )
+
+
+async def providers(info: Info[Context, Any]) -> list[Provider]:
+    await _count_public_read(info)
+    return [
+        Provider.from_service(p) for p in await service.list_providers(info.context.resources.db)
     ]
+
+
+async def provider(info: Info[Context, Any], id: strawberry.ID) -> Provider:
+    await _count_public_read(info)
+    parsed = _parse_id(id, param="id", what="provider")
+    found = await service.provider_page(info.context.resources.db, provider_id=parsed)
+    return Provider.from_service(found)
+
+
+async def _count_review_write(info: Info[Context, Any]) -> uuid.UUID:
+    ctx = info.context
+    user_id = require_principal(info).user_id
+    await ctx.resources.limiter.check(
+        ctx.resources.settings.review_limit_user,
+        "review-user",
+        str(user_id),
+        message="too many review changes; try again later",
+    )
+    return user_id
 
 
 async def create_review(
     info: Info[Context, Any], provider_id: strawberry.ID, rating: int, comment: str | None = None
 ) -> Review:
-    try:
-        parsed = uuid.UUID(provider_id)
-    except ValueError as exc:
-        raise NotFound("no such provider", param="providerId") from exc
-    row = await service.create_review(
+    parsed = _parse_id(provider_id, param="providerId", what="provider")
+    await _count_review_write(info)
+    row = await reviews.create_review(
         info.context.resources.db,
         principal=require_principal(info),
         provider_id=parsed,
@@ -64,4 +201,58 @@ async def create_review(
         comment=comment,
         client=info.context.client,
     )
-    return Review(id=strawberry.ID(str(row.id)), rating=row.rating, comment=row.comment)
+    return Review.from_model(row)
+
+
+async def update_review(
+    info: Info[Context, Any],
+    id: strawberry.ID,
+    rating: int | None = None,
+    comment: str | None = None,
+) -> Review:
+    parsed = _parse_id(id, param="id", what="review")
+    await _count_review_write(info)
+    row = await reviews.update_review(
+        info.context.resources.db,
+        principal=require_principal(info),
+        review_id=parsed,
+        rating=rating,
+        comment=comment,
+        client=info.context.client,
+    )
+    return Review.from_model(row)
+
+
+async def delete_review(info: Info[Context, Any], id: strawberry.ID) -> bool:
+    parsed = _parse_id(id, param="id", what="review")
+    await _count_review_write(info)
+    await reviews.delete_review(
+        info.context.resources.db,
+        principal=require_principal(info),
+        review_id=parsed,
+        client=info.context.client,
+    )
+    return True
+
+
+async def reply_to_review(info: Info[Context, Any], id: strawberry.ID, reply: str) -> Review:
+    parsed = _parse_id(id, param="id", what="review")
+    await _count_review_write(info)
+    row = await reviews.reply_to_review(
+        info.context.resources.db,
+        principal=require_principal(info),
+        review_id=parsed,
+        reply=reply,
+        client=info.context.client,
+    )
+    return Review.from_model(row)
+
+
+async def update_provider_profile(info: Info[Context, Any], description: str | None) -> User:
+    row = await profile.set_description(
+        info.context.resources.db,
+        principal=require_principal(info),
+        description=description,
+        client=info.context.client,
+    )
+    return User.from_model(row)

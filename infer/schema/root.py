@@ -21,6 +21,9 @@ class Query:
     providers: list[marketplace.Provider] = strawberry.field(
         resolver=marketplace.providers, description="Operators selling inference now."
     )
+    provider: marketplace.Provider = strawberry.field(
+        resolver=marketplace.provider, description="One provider's page; no sign-in needed."
+    )
 
 
 @strawberry.type
@@ -59,6 +62,21 @@ class Mutation:
     create_review: marketplace.Review = strawberry.mutation(
         resolver=marketplace.create_review,
         description="Rate a provider you have used, once (1 to 5).",
+    )
+    update_review: marketplace.Review = strawberry.mutation(
+        resolver=marketplace.update_review,
+        description="Change your review; an omitted field stays, an empty comment clears it.",
+    )
+    delete_review: bool = strawberry.mutation(
+        resolver=marketplace.delete_review, description="Remove your review."
+    )
+    reply_to_review: marketplace.Review = strawberry.mutation(
+        resolver=marketplace.reply_to_review,
+        description="As the reviewed provider, answer a review, once.",
+    )
+    update_provider_profile: user.User = strawberry.mutation(
+        resolver=marketplace.update_provider_profile,
+        description="Set the description buyers see on your provider page (500 characters).",
     )
     mark_notifications_read: int = strawberry.mutation(
         resolver=notification.mark_notifications_read,
