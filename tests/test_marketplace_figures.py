@@ -21,6 +21,7 @@ from infer.marketplace.figures import (
     tokens_per_second,
 )
 from infer.models import HealthCheck, MarketFigures, Node, User, utcnow
+from infer.schema.figures import ProviderStats
 from infer.simulator import SimulatorConfig, serve_in_thread, serve_simulator_in_thread
 
 __all__ = ["market", "platform_settings"]  # fixtures shared with test_gateway
@@ -42,6 +43,22 @@ def test_throughput_counts_tokens_after_the_first_and_skips_short_answers() -> N
     assert tokens_per_second(15, ttft_ms=100, duration_ms=1100) is None
     assert tokens_per_second(40, ttft_ms=None, duration_ms=1100) is None
     assert tokens_per_second(40, ttft_ms=500, duration_ms=500) is None
+
+
+def test_stats_read_each_figure_from_its_period_and_are_null_without_rows() -> None:
+    empty = ProviderStats.from_rows([])
+    assert (empty.ttft_ms_p50, empty.uptime7d, empty.requests_served) == (None, None, 0)
+    operator = uuid.uuid4()
+    rows = [
+        MarketFigures(operator_id=operator, period="30m", ttft_ms_p50=80.0, requests=5),
+        MarketFigures(operator_id=operator, period="1h", uptime=1.0),
+        MarketFigures(operator_id=operator, period="24h", ttft_ms_p50=120.0, requests=50),
+        MarketFigures(operator_id=operator, period="7d", uptime=0.5, requests=300),
+    ]
+    stats = ProviderStats.from_rows(rows)
+    assert (stats.ttft_ms_p50, stats.ttft_ms_p50_last30m) == (120.0, 80.0)
+    assert (stats.uptime1h, stats.uptime24h, stats.uptime7d) == (1.0, None, 0.5)
+    assert stats.requests_served == 50
 
 
 async def _operator(market: Market, email: str, url: str, model: str) -> uuid.UUID:
