@@ -10,6 +10,7 @@ from sqlmodel import select
 
 from infer.config import Settings
 from infer.db import Database
+from infer.marketplace import reviews
 from infer.models import Review, UsageRecord, User
 from infer.simulator import SimulatorConfig, serve_simulator_in_thread
 
@@ -111,6 +112,10 @@ async def test_reviews_page_newest_first_with_the_distribution(
     assert [r["comment"] for r in first["reviews"]["nodes"]] == ["review 4", "review 3"]
     assert (first["rating"], first["reviewCount"]) == (3.8, 5)
     assert [c["count"] for c in first["ratingDistribution"]] == [1, 0, 0, 2, 2]
+    listed = await graphql("{ providers { reviews(first: 2) { nodes { comment } endCursor } } }")
+    [in_list] = [p["reviews"] for p in listed["data"]["providers"]]  # type: ignore[index]
+    assert in_list["nodes"] == [{"comment": "review 4"}, {"comment": "review 3"}]
+    assert in_list["endCursor"] == first["reviews"]["endCursor"]
     variables = {"id": provider, "first": 2, "after": first["reviews"]["endCursor"]}
     second = (await graphql(PAGE, variables))["data"]["provider"]["reviews"]  # type: ignore[index]
     assert [r["comment"] for r in second["nodes"]] == ["review 2", "review 1"]
@@ -169,3 +174,34 @@ async def test_storefront_reads_are_limited_per_client_address(settings: Setting
         assert _code(refused) == "RATE_LIMITED"
         again = await graphql(PAGE, {"id": str(uuid.uuid4()), "first": 1}, expect_errors=True)
         assert _code(again) == "RATE_LIMITED"
+
+
+async def test_first_pages_of_many_providers_match_their_own_pages(db: Database) -> None:
+    providers = [User(email=f"p{i}@example.com") for i in range(3)]
+    buyers = [User(email=f"b{i}@example.com") for i in range(4)]
+    async with db.transaction() as session:
+        session.add_all([*providers, *buyers])
+    async with db.transaction() as session:
+        for i, provider in enumerate(providers):
+            for j, buyer in enumerate(buyers[: i + 1]):
+                stamp = datetime(2026, 1, 1 + j, tzinfo=UTC)
+                session.add(
+                    Review(
+                        provider_id=provider.id,
+                        reviewer_id=buyer.id,
+                        rating=1 + j,
+                        created_at=stamp,
+                        updated_at=stamp,
+                    )
+                )
+    ids = [p.id for p in providers]
+    async with db.session() as session:
+        pages = await reviews.first_pages(session, provider_ids=ids, first=2)
+        for provider_id in ids:
+            alone = await reviews.page_of_reviews(
+                session, provider_id=provider_id, first=2, after=None
+            )
+            assert [r.id for r in pages[provider_id].reviews] == [r.id for r in alone.reviews]
+            assert pages[provider_id].end_cursor == alone.end_cursor
+    assert [len(pages[pid].reviews) for pid in ids] == [1, 2, 2]
+    assert [pages[pid].end_cursor is None for pid in ids] == [True, True, False]

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -238,6 +239,38 @@ async def page_of_reviews(
     more = len(rows) > first
     rows = rows[:first]
     return ReviewPage(reviews=rows, end_cursor=encode_cursor(rows[-1]) if more else None)
+
+
+async def first_pages(
+    session: AsyncSession, *, provider_ids: Sequence[uuid.UUID], first: int
+) -> dict[uuid.UUID, ReviewPage]:
+    """The first page of each provider's reviews, with one windowed query for them all."""
+    check_page(first, None)
+    rank = (
+        sa.func.row_number()
+        .over(
+            partition_by=col(Review.provider_id),
+            order_by=(col(Review.created_at).desc(), col(Review.id).desc()),
+        )
+        .label("rank")
+    )
+    ranked = select(Review, rank).where(col(Review.provider_id).in_(list(provider_ids))).subquery()
+    reviewed = aliased(Review, ranked)
+    rows = await session.exec(
+        select(reviewed)
+        .where(ranked.c.rank <= first + 1)
+        .order_by(ranked.c.provider_id, ranked.c.rank)
+    )
+    grouped: dict[uuid.UUID, list[Review]] = {pid: [] for pid in provider_ids}
+    for review in rows:
+        grouped[review.provider_id].append(review)
+    return {
+        pid: ReviewPage(
+            reviews=found[:first],
+            end_cursor=encode_cursor(found[first - 1]) if len(found) > first else None,
+        )
+        for pid, found in grouped.items()
+    }
 
 
 async def rating_figures(

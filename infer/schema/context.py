@@ -16,7 +16,7 @@ from infer.billing import ledger, reports
 from infer.billing.reports import Bucket, Dimension, Figures, Period, Side
 from infer.keys.service import keys_of_users
 from infer.marketplace.figures import figures_of
-from infer.marketplace.reviews import ReviewPage, page_of_reviews, rating_figures
+from infer.marketplace.reviews import ReviewPage, first_pages, page_of_reviews, rating_figures
 from infer.models import ApiKey, HealthCheck, MarketFigures, Node, NodeModel
 from infer.nodes.registry import models_of_nodes, nodes_of_operators, recent_checks
 from infer.resources import Resources
@@ -113,12 +113,24 @@ class Loaders:
         return [found[key] for key in keys]
 
     async def _review_pages(self, keys: list[ReviewsKey]) -> list[ReviewPage]:
-        # One query per provider page asked for; a request names few (page sizes are capped).
+        # First pages: one query per page size for all providers; a later page (a cursor,
+        # one provider's page at a time in practice) is one query each.
+        sizes: dict[int, list[uuid.UUID]] = {}
+        for pid, first, after in keys:
+            if after is None:
+                sizes.setdefault(first, []).append(pid)
+        found: dict[ReviewsKey, ReviewPage] = {}
         async with self.resources.db.session() as session:
-            return [
-                await page_of_reviews(session, provider_id=pid, first=first, after=after)
-                for pid, first, after in keys
-            ]
+            for first, pids in sizes.items():
+                pages = await first_pages(session, provider_ids=pids, first=first)
+                found.update(((pid, first, None), page) for pid, page in pages.items())
+            for key in keys:
+                if key not in found:
+                    pid, first, after = key
+                    found[key] = await page_of_reviews(
+                        session, provider_id=pid, first=first, after=after
+                    )
+        return [found[key] for key in keys]
 
     async def _rating_distributions(self, provider_ids: list[uuid.UUID]) -> list[list[int]]:
         async with self.resources.db.session() as session:
