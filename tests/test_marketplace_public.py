@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime
 
@@ -31,6 +32,10 @@ async def _user(graphql: GraphQLClient, email: str) -> str:
     body = await graphql(CREATE_KEY, {"n": "k"})
     await graphql("mutation { logOut }", expect_errors=True)
     return str(body["data"]["createApiKey"]["secret"])  # type: ignore[index]
+
+
+def _cursor(stamp: str) -> str:
+    return base64.urlsafe_b64encode(f"{stamp}|{uuid.uuid4()}".encode()).decode()
 
 
 def _code(body: dict[str, object]) -> str:
@@ -143,6 +148,11 @@ async def test_bad_page_arguments_and_unknown_providers_are_clear_errors(
         ({"id": provider, "first": 51}, "BAD_USER_INPUT"),
         ({"id": provider, "first": 5, "after": "%%%"}, "BAD_USER_INPUT"),
         ({"id": provider, "first": 5, "after": "bm90IGEgY3Vyc29y"}, "BAD_USER_INPUT"),
+        ({"id": provider, "first": 5, "after": _cursor("2026-01-01T00:00:00")}, "BAD_USER_INPUT"),
+        (
+            {"id": provider, "first": 5, "after": _cursor("0001-01-01T00:00:00+05:00")},
+            ("BAD_USER_INPUT"),
+        ),
     ]
     for variables, code in cases:
         assert _code(await graphql(PAGE, variables, expect_errors=True)) == code, variables

@@ -7,7 +7,7 @@ import binascii
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -205,8 +205,11 @@ def encode_cursor(review: Review) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         stamp, review_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(stamp), uuid.UUID(review_id)
-    except (ValueError, binascii.Error, UnicodeError) as exc:
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is None:
+            raise ValueError("a cursor's time is UTC")
+        return when.astimezone(UTC), uuid.UUID(review_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeError) as exc:
         raise BadInput("not a cursor from this list", param="after") from exc
 
 
