@@ -11,6 +11,7 @@ from test_gateway import MESSAGES, MODEL, Market, market, platform_settings, sim
 from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
 from infer.db import Database
+from infer.errors import Conflict
 from infer.marketplace import reviews
 from infer.models import Review, Role, UsageRecord, User
 
@@ -194,3 +195,37 @@ async def test_review_writes_are_rate_limited_per_user(market: Market) -> None:
         ]
     ]
     assert codes == ["NOT_FOUND"] * 10 + ["RATE_LIMITED"]
+
+
+async def test_racing_reviews_of_one_buyer_leave_one(db: Database) -> None:
+    provider, buyer = User(email="farm@example.com"), User(email="buyer@example.com")
+    async with db.transaction() as session:
+        session.add_all([provider, buyer])
+    async with db.transaction() as session:
+        session.add(
+            UsageRecord(
+                request_id=uuid.uuid4().hex,
+                buyer_id=buyer.id,
+                operator_id=provider.id,
+                model=MODEL,
+                status="completed",
+            )
+        )
+    principal = Principal(user_id=buyer.id, role=Role.USER)
+    outcomes = await asyncio.gather(
+        *(
+            reviews.create_review(
+                db,
+                principal=principal,
+                provider_id=provider.id,
+                rating=rating,
+                comment=None,
+                client=ClientInfo.cli(),
+            )
+            for rating in (1, 2, 3, 4, 5)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(o, Review) for o in outcomes) == 1
+    assert all(isinstance(o, Review | Conflict) for o in outcomes), outcomes
+    assert await _review_count(db) == 1
