@@ -11,7 +11,7 @@ from strawberry.types import Info
 
 from infer.accounts import profile
 from infer.errors import NotFound
-from infer.marketplace import reviews, service
+from infer.marketplace import directory, reviews, service
 from infer.models import Node as NodeRow
 from infer.models import NodeStatus
 from infer.models import Review as ReviewRow
@@ -19,6 +19,7 @@ from infer.schema.context import Context
 from infer.schema.figures import ProviderStats, provider_stats
 from infer.schema.node import NodeStatus as NodeStatusType
 from infer.schema.permissions import require_principal
+from infer.schema.scalars import Money
 from infer.schema.user import User
 
 
@@ -118,6 +119,10 @@ class Provider:
 
     description: str | None = strawberry.field(description="The provider's own words.")
     joined_at: datetime | None
+    cursor: str | None = strawberry.field(
+        default=None,
+        description="In a `providers` list: pass as `after` for the providers after this one.",
+    )
 
     @strawberry.field
     async def nodes(self, info: Info[Context, Any]) -> list[PublicNode]:
@@ -140,7 +145,7 @@ class Provider:
         return [RatingCount(stars=star, count=n) for star, n in enumerate(counts, start=1)]
 
     @classmethod
-    def from_service(cls, p: service.Provider) -> Provider:
+    def from_service(cls, p: service.Provider, *, cursor: str | None = None) -> Provider:
         return cls(
             id=strawberry.ID(str(p.id)),
             name=p.name,
@@ -149,7 +154,37 @@ class Provider:
             models=list(p.models),
             description=p.description,
             joined_at=p.joined_at,
+            cursor=cursor,
         )
+
+
+ProviderSort = strawberry.enum(
+    directory.ProviderSort,
+    name="ProviderSort",
+    description=(
+        "RATING: best average first; PRICE: cheapest offer first; LATENCY: lowest time to "
+        "first token (p50, 24 h) first; THROUGHPUT: most tokens/s (p50, 24 h) first; "
+        "UPTIME: highest 24 h uptime first. Providers without the figure come last."
+    ),
+)
+
+
+@strawberry.input(name="ProviderFilter")
+class ProviderFilter:
+    model: str | None = strawberry.field(
+        default=None, description="Only providers selling this model; figures are then its own."
+    )
+    min_rating: float | None = strawberry.field(default=None, description="1 to 5.")
+    max_price: Money | None = strawberry.field(
+        default=None,
+        description="Input plus output price per million tokens of its cheapest offer, at most.",
+    )
+    online_only: bool = strawberry.field(
+        default=True, description="False also lists providers whose nodes are offline now."
+    )
+    search: str | None = strawberry.field(
+        default=None, description="In the chosen name or the description, any letter case."
+    )
 
 
 async def _count_public_read(info: Info[Context, Any]) -> None:
@@ -162,11 +197,27 @@ async def _count_public_read(info: Info[Context, Any]) -> None:
     )
 
 
-async def providers(info: Info[Context, Any]) -> list[Provider]:
+async def providers(
+    info: Info[Context, Any],
+    filter: ProviderFilter | None = None,
+    sort: ProviderSort = directory.ProviderSort.RATING,  # type: ignore[valid-type]
+    first: int = directory.MAX_PAGE,
+    after: str | None = None,
+) -> list[Provider]:
     await _count_public_read(info)
-    return [
-        Provider.from_service(p) for p in await service.list_providers(info.context.resources.db)
-    ]
+    wanted = None
+    if filter is not None:
+        wanted = directory.ProviderFilter(
+            model=filter.model,
+            min_rating=filter.min_rating,
+            max_price=filter.max_price,
+            online_only=filter.online_only,
+            search=filter.search,
+        )
+    page = await directory.list_providers(
+        info.context.resources.db, filter=wanted, sort=sort, first=first, after=after
+    )
+    return [Provider.from_service(item.provider, cursor=item.cursor) for item in page]
 
 
 async def provider(info: Info[Context, Any], id: strawberry.ID) -> Provider:
