@@ -205,6 +205,13 @@ class NodeModel(SQLModel, table=True):
     output_price_per_million: int = _money()
     # When the runtime last offered it (or it was priced); absent long enough, it is pruned.
     seen_at: datetime = _created()
+    # What the runtime says of the model (null when unknown); refreshed daily by the monitor.
+    context_length: int | None = None
+    parameter_size: str | None = Field(default=None, max_length=32)
+    quantization: str | None = Field(default=None, max_length=32)
+    family: str | None = Field(default=None, max_length=64)
+    capabilities: str | None = Field(default=None, max_length=200)  # comma-separated
+    details_at: datetime | None = _time(nullable=True)
 
 
 class HealthCheck(SQLModel, table=True):

@@ -17,7 +17,7 @@ from infer.db import Database
 from infer.errors import UpstreamError
 from infer.models import HealthCheck, Node, NodeModel, NodeStatus, Notification, utcnow
 from infer.nodes.clients import client_for
-from infer.nodes.clients.base import Deadlines, ModelInfo, Probe
+from infer.nodes.clients.base import Deadlines, ModelDetails, ModelInfo, Probe
 from infer.nodes.health import Health, after_check, next_delay
 from infer.nodes.registry import MAX_MODELS_PER_NODE, open_token
 from infer.nodes.transport import NodeHTTP
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 RETENTION = timedelta(days=7)  # the market figures measure uptime over 7 days
 MODEL_RETENTION = timedelta(days=7)  # a model gone from its runtime this long is deleted
 LATENCY_WEIGHT = 0.3  # EWMA weight of the newest probe latency
+DETAILS_MAX_AGE = timedelta(days=1)  # a model's details are read again after this
+DETAILS_PER_CHECK = 3  # at most this many models described per check (one call each)
 
 
 class HealthMonitor:
@@ -108,6 +110,8 @@ class HealthMonitor:
                 return False
             probe, error = await self._probe(node)
             await self._record(node_id, probe, error)
+            if probe is not None:
+                await self._describe(node)
         if self._on_change is not None:
             self._on_change()  # statuses, models or latency may have moved
         return True
@@ -143,6 +147,58 @@ class HealthMonitor:
         except Exception:  # a malformed answer must mark the node, never stop the monitor
             log.exception("health check of node %s failed unexpectedly", node.id)
             return None, "the runtime gave an answer that could not be understood"
+
+    async def _describe(self, node: Node) -> None:
+        """Read the details of a few models first seen or described more than a day ago."""
+        async with self.db.session() as session:
+            due = await session.exec(
+                select(NodeModel.model)
+                .where(
+                    NodeModel.node_id == node.id,
+                    col(NodeModel.available).is_(True),
+                    sa.or_(
+                        col(NodeModel.details_at).is_(None),
+                        col(NodeModel.details_at) < utcnow() - DETAILS_MAX_AGE,
+                    ),
+                )
+                .order_by(sa.nulls_first(col(NodeModel.details_at)), col(NodeModel.model))
+                .limit(DETAILS_PER_CHECK)
+            )
+            names = tuple(due)
+        if not names:
+            return
+        try:
+            client = client_for(
+                node.runtime,
+                self.http,
+                base_url=node.endpoint,
+                token=open_token(node, self.keyring),
+                deadlines=self.deadlines,
+            )
+            found = await client.describe(names)
+        except UpstreamError as exc:  # tried again at the next check
+            log.info("model details of node %s not read: %s", node.id, exc.message)
+            return
+        except Exception:  # details are a nicety: they must never stop the monitor
+            log.exception("model details of node %s failed unexpectedly", node.id)
+            return
+        now = utcnow()
+        async with self.db.transaction() as session:
+            for name in names:
+                # A model the runtime says nothing of is not asked again for a day.
+                details = found.get(name, ModelDetails())
+                await session.exec(
+                    sa.update(NodeModel)
+                    .where(col(NodeModel.node_id) == node.id, col(NodeModel.model) == name)
+                    .values(
+                        context_length=details.context_length,
+                        parameter_size=details.parameter_size,
+                        quantization=details.quantization,
+                        family=details.family,
+                        capabilities=",".join(details.capabilities) or None,
+                        details_at=now,
+                    )
+                )
 
     async def _record(self, node_id: uuid.UUID, probe: Probe | None, error: str | None) -> None:
         now = utcnow()

@@ -15,6 +15,7 @@ from infer.audit import ClientInfo
 from infer.billing import ledger, reports
 from infer.billing.reports import Bucket, Dimension, Figures, Period, Side
 from infer.keys.service import keys_of_users
+from infer.marketplace.catalogue import provider_names
 from infer.marketplace.figures import figures_of
 from infer.marketplace.reviews import ReviewPage, first_pages, page_of_reviews, rating_figures
 from infer.models import ApiKey, HealthCheck, MarketFigures, Node, NodeModel
@@ -41,6 +42,7 @@ class Loaders:
     market_figures: DataLoader[tuple[uuid.UUID, str], list[MarketFigures]] = field(init=False)
     review_pages: DataLoader[ReviewsKey, ReviewPage] = field(init=False)
     rating_distributions: DataLoader[uuid.UUID, list[int]] = field(init=False)
+    display_names: DataLoader[uuid.UUID, str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.balance = DataLoader(load_fn=self._balances)
@@ -53,6 +55,7 @@ class Loaders:
         self.market_figures = DataLoader(load_fn=self._market_figures)
         self.review_pages = DataLoader(load_fn=self._review_pages)
         self.rating_distributions = DataLoader(load_fn=self._rating_distributions)
+        self.display_names = DataLoader(load_fn=self._display_names)
 
     async def _balances(self, user_ids: list[uuid.UUID]) -> list[int]:
         async with self.resources.db.session() as session:
@@ -131,6 +134,11 @@ class Loaders:
                         session, provider_id=pid, first=first, after=after
                     )
         return [found[key] for key in keys]
+
+    async def _display_names(self, user_ids: list[uuid.UUID]) -> list[str]:
+        async with self.resources.db.session() as session:
+            found = await provider_names(session, user_ids)
+        return [found[user_id] for user_id in user_ids]
 
     async def _rating_distributions(self, provider_ids: list[uuid.UUID]) -> list[list[int]]:
         async with self.resources.db.session() as session:

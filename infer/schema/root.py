@@ -7,6 +7,7 @@ from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDept
 from strawberry.schema.config import StrawberryConfig
 
 from infer.schema import api_key, marketplace, notification, user
+from infer.schema import model as catalogue
 from infer.schema import node as nodes
 from infer.schema.errors import InferErrors, Schema
 from infer.schema.inputs import InputExecutor, InputRules
@@ -23,6 +24,12 @@ class Query:
     )
     provider: marketplace.Provider = strawberry.field(
         resolver=marketplace.provider, description="One provider's page; no sign-in needed."
+    )
+    models: list[catalogue.Model] = strawberry.field(
+        resolver=catalogue.models, description="Models on sale now, with their offers; no sign-in."
+    )
+    model: catalogue.Model = strawberry.field(
+        resolver=catalogue.model, description="One model on sale and its offers; no sign-in needed."
     )
 
 

@@ -258,8 +258,11 @@ class _Simulator:
                 "parameters": "num_ctx                        4096",
                 "template": "{{ .Prompt }}",
                 "details": model.details(),
-                "model_info": {"general.architecture": model.family},
-                "capabilities": ["completion"],
+                "model_info": {
+                    "general.architecture": model.family,
+                    f"{model.family}.context_length": 8192,
+                },
+                "capabilities": ["completion", "tools"],
                 "modified_at": timestamp(self.modified_at),
             }
         )

@@ -30,6 +30,17 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class ModelDetails:
+    """What a runtime says of one model, already checked (unknown or implausible is None)."""
+
+    context_length: int | None = None
+    parameter_size: str | None = None
+    quantization: str | None = None
+    family: str | None = None
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
@@ -103,6 +114,14 @@ class RuntimeClient(abc.ABC):
     @abc.abstractmethod
     async def probe(self) -> Probe:
         """Check health and list models; raises UpstreamError (or a subclass) on failure."""
+
+    async def describe(self, names: tuple[str, ...]) -> dict[str, ModelDetails]:
+        """What the runtime says of these models (those it says nothing of are left out).
+
+        Bounded like a health check; raises UpstreamError on failure. A runtime without
+        such an API says nothing.
+        """
+        return {}
 
     @abc.abstractmethod
     def stream_batches(self, request: ChatRequest) -> AsyncGenerator[list[ChatChunk], None]:

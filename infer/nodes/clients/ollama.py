@@ -1,4 +1,4 @@
-"""Client for Ollama's native API: /api/version, /api/tags, /api/ps, and NDJSON /api/chat."""
+"""Client for Ollama's native API: /api/version, /api/tags, /api/ps, /api/show, NDJSON /api/chat."""
 
 from __future__ import annotations
 
@@ -8,8 +8,17 @@ from collections.abc import AsyncGenerator
 
 from infer.errors import UpstreamError
 from infer.models import Runtime
-from infer.nodes.clients.base import ChatChunk, ChatRequest, ModelInfo, Probe, RuntimeClient, Usage
+from infer.nodes.clients.base import (
+    ChatChunk,
+    ChatRequest,
+    ModelDetails,
+    ModelInfo,
+    Probe,
+    RuntimeClient,
+    Usage,
+)
 from infer.nodes.clients.clock import StreamClock, probe_deadline
+from infer.nodes.clients.details import ollama_show
 from infer.nodes.clients.payloads import (
     as_list,
     as_object,
@@ -99,6 +108,20 @@ class OllamaClient(RuntimeClient):
             models=tuple(ModelInfo(name, loaded=name in loaded) for name in names),
             version=optional_text(version, "version"),
         )
+
+    async def describe(self, names: tuple[str, ...]) -> dict[str, ModelDetails]:
+        """POST /api/show for each name, all within one health-check deadline.
+
+        A model it does not know (404) says nothing, so it cannot hold up the others.
+        """
+        found: dict[str, ModelDetails] = {}
+        async with probe_deadline(self.deadlines):
+            for name in names:
+                body: dict[str, object] = {"model": name}
+                shown = ollama_show(await fetch_json(self, "/api/show", body=body, missing_ok=True))
+                if shown is not None:
+                    found[name] = shown
+        return found
 
     async def stream_batches(self, request: ChatRequest) -> AsyncGenerator[list[ChatChunk], None]:
         clock = StreamClock(self.deadlines)

@@ -8,8 +8,17 @@ from collections.abc import AsyncGenerator
 
 from infer.errors import UpstreamError
 from infer.models import Runtime
-from infer.nodes.clients.base import ChatChunk, ChatRequest, ModelInfo, Probe, RuntimeClient, Usage
+from infer.nodes.clients.base import (
+    ChatChunk,
+    ChatRequest,
+    ModelDetails,
+    ModelInfo,
+    Probe,
+    RuntimeClient,
+    Usage,
+)
 from infer.nodes.clients.clock import StreamClock, probe_deadline
+from infer.nodes.clients.details import openai_models
 from infer.nodes.clients.payloads import (
     as_list,
     as_object,
@@ -111,6 +120,13 @@ class OpenAICompatibleClient(RuntimeClient):
             names = model_ids(await fetch_json(self, f"{self.api}/models"))
             latency_ms = (time.perf_counter() - started) * 1000
         return Probe(latency_ms=latency_ms, models=tuple(ModelInfo(name) for name in names))
+
+    async def describe(self, names: tuple[str, ...]) -> dict[str, ModelDetails]:
+        """The context lengths its /v1/models list gives (vLLM's max_model_len)."""
+        async with probe_deadline(self.deadlines):
+            listing = await fetch_json(self, f"{self.api}/models", missing_ok=True)
+        found = openai_models(listing)
+        return {name: found[name] for name in names if name in found}
 
     async def stream_batches(self, request: ChatRequest) -> AsyncGenerator[list[ChatChunk], None]:
         clock = StreamClock(self.deadlines)

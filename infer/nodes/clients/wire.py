@@ -154,10 +154,23 @@ def _too_long(limit: int) -> UpstreamError:
     return UpstreamError(f"the node sent a line longer than {limit // 1024} KiB")
 
 
-async def fetch_json(client: RuntimeClient, path: str, *, missing_ok: bool = False) -> object:
-    """GET a JSON document of at most MAX_PROBE_BYTES; None for a 404 when `missing_ok`."""
+async def fetch_json(
+    client: RuntimeClient,
+    path: str,
+    *,
+    missing_ok: bool = False,
+    body: dict[str, object] | None = None,
+) -> object:
+    """GET (or POST `body` to) a JSON document of at most MAX_PROBE_BYTES; None for a 404
+    when `missing_ok`."""
+    headers = request_headers(client, accept="application/json")
+    if body is not None:
+        headers["Content-Type"] = "application/json"
     response = await client.http.request(
-        "GET", client.base_url + path, headers=request_headers(client, accept="application/json")
+        "GET" if body is None else "POST",
+        client.base_url + path,
+        headers=headers,
+        body=b"" if body is None else encode_json(body),
     )
     try:
         if missing_ok and response.status == 404:
@@ -166,14 +179,14 @@ async def fetch_json(client: RuntimeClient, path: str, *, missing_ok: bool = Fal
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_PROBE_BYTES:
             raise _too_big()
-        body = bytearray()
+        received = bytearray()
         while chunk := await response.read():
-            body += chunk
-            if len(body) > MAX_PROBE_BYTES:
+            received += chunk
+            if len(received) > MAX_PROBE_BYTES:
                 raise _too_big()
     finally:
         await response.aclose()
-    return parse_json(bytes(body))
+    return parse_json(bytes(received))
 
 
 def _too_big() -> UpstreamError:
