@@ -217,3 +217,13 @@ async def test_filters_keep_the_providers_they_name(
         await session.commit()
     assert (await listed(maxPrice="0.003002"))[0] == "farm 1"
     assert (await listed(maxPrice="0.003002", onlineOnly=False))[0] == "farm 0"
+
+
+async def test_the_alias_limit_covers_pages_of_providers_and_of_reviews(
+    graphql: GraphQLClient,
+) -> None:
+    pages = " ".join(f"p{i}: providers(first: 50) {{ id }}" for i in range(31))
+    reviews = " ".join(f"r{i}: reviews(first: {i + 1}) {{ endCursor }}" for i in range(31))
+    for query in ("{ " + pages + " }", "{ providers { " + reviews + " } }"):
+        body = await graphql(query, expect_errors=True)
+        assert "aliases" in body["errors"][0]["message"].lower(), body  # type: ignore[index]
