@@ -5,12 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlmodel import select
+from conftest import GraphQLClient, http_client, started
+from sqlmodel import col, select
 from test_gateway import MESSAGES, Market, market, platform_settings
 
+from infer.config import Settings
+from infer.db import Database
 from infer.marketplace.figures import refresh_figures
 from infer.models import NodeModel, User
 from infer.nodes.clients.details import ollama_show, openai_models
+from infer.nodes.monitor import DETAILS_PER_CHECK
+from infer.resources import Resources
 from infer.simulator import SimulatorConfig, serve_simulator_in_thread
 
 __all__ = ["market", "platform_settings"]  # fixtures shared with test_gateway
@@ -149,3 +154,41 @@ async def test_unknown_models_and_bad_arguments_are_clear_errors(market: Market)
         by_name = (await _anonymous(market, MODELS, first=1))["data"]["models"]
         other_sort = await _anonymous(market, MODELS, sort="PRICE", after=by_name[0]["cursor"])
         assert _code(other_sort) == "BAD_USER_INPUT"  # a cursor of another order
+
+
+async def _described(db: Database) -> int:
+    async with db.session() as session:
+        rows = await session.exec(select(NodeModel).where(col(NodeModel.details_at).is_not(None)))
+        return len(rows.all())
+
+
+async def test_the_monitor_describes_a_few_models_per_check_and_then_not_again(
+    graphql: GraphQLClient, user_key: str, resources: Resources, db: Database
+) -> None:
+    names = tuple(f"m{i}:1b" for i in range(DETAILS_PER_CHECK + 2))
+    with serve_simulator_in_thread(SimulatorConfig(models=names)) as url:
+        node = {"name": "box", "runtime": "OLLAMA", "endpoint": url}
+        body = await graphql(REGISTER, {"input": node}, key=user_key)
+        node_id = uuid.UUID(body["data"]["registerNode"]["id"])  # type: ignore[index]
+        assert await _described(db) == DETAILS_PER_CHECK  # the check at registration
+        await resources.monitor.check_now(node_id, force=True)
+        assert await _described(db) == len(names)
+        async with db.session() as session:
+            before = {r.model: r.details_at for r in (await session.exec(select(NodeModel))).all()}
+        await resources.monitor.check_now(node_id, force=True)
+        async with db.session() as session:
+            after = {r.model: r.details_at for r in (await session.exec(select(NodeModel))).all()}
+    assert after == before  # fresh details are not read again within a day
+    async with db.session() as session:
+        row = (await session.exec(select(NodeModel).where(NodeModel.model == "m0:1b"))).one()
+    assert (row.context_length, row.family, row.capabilities) == (8192, "m", "completion,tools")
+
+
+async def test_model_reads_count_against_the_storefront_limit(settings: Settings) -> None:
+    limited = settings.model_copy(update={"market_limit_address": "2/minute"})
+    async with started(limited) as (app, _), http_client(app) as http:
+        graphql = GraphQLClient(http)
+        await graphql("{ models { name } }")
+        await graphql('{ model(name: "x") { name } }', expect_errors=True)
+        refused = await graphql("{ models { name } }", expect_errors=True)
+    assert _code(refused) == "RATE_LIMITED"  # type: ignore[arg-type]
