@@ -79,6 +79,7 @@ async def _fill(db: Database) -> None:
                             available=True,
                             input_price_per_million=1000 + i,
                             output_price_per_million=2000,
+                            capabilities="completion,tools" if i % 2 == 0 else "completion",
                         )
                     )
             session.add(
@@ -138,6 +139,7 @@ ABSURD = [
     ('providers(filter: {search: "a\\u0000b"})', None),
     ('providers(filter: {search: "a\\u202eb"})', "filter.search"),
     ('providers(filter: {model: "no spaces allowed"})', "filter.model"),
+    ('providers(filter: {capability: "tool"})', "filter.capability"),
 ]
 
 
@@ -208,6 +210,8 @@ async def test_filters_keep_the_providers_they_name(
     assert await listed(minRating=3) == []
     assert len(await listed(minRating=2.5, model="b:7b")) == 50
     assert await listed(model="c:1b") == []
+    assert await listed(capability="tools", maxPrice="0.003005") == ["farm 0", "farm 2", "farm 4"]
+    assert await listed(capability="vision") == []
     async with resources.db.session() as session:
         farm0 = (await session.exec(select(User).where(User.email == "op0@example.com"))).one()
         nodes = (await session.exec(select(Node).where(Node.operator_id == farm0.id))).all()

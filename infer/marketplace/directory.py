@@ -20,6 +20,7 @@ from infer.errors import BadInput
 from infer.marketplace.figures import ALL_MODELS
 from infer.marketplace.service import Provider
 from infer.models import MarketFigures, Node, NodeModel, NodeStatus, Review, User
+from infer.nodes.clients.details import CAPABILITIES
 from infer.security.text import check_model_name, check_name
 
 MAX_PAGE = 50
@@ -41,6 +42,7 @@ class ProviderFilter:
     max_price: int | None = None  # micro-USD, input plus output price per million tokens
     online_only: bool = True
     search: str | None = None
+    capability: str | None = None  # one of CAPABILITIES, as a runtime reported it
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ def check_filter(given: ProviderFilter) -> ProviderFilter:
         raise BadInput("minRating is 1 to 5", param="filter.minRating")
     if given.max_price is not None and given.max_price < 0:
         raise BadInput("maxPrice is not negative", param="filter.maxPrice")
+    if given.capability is not None and given.capability not in CAPABILITIES:
+        raise BadInput(f"capability is one of {', '.join(CAPABILITIES)}", param="filter.capability")
     search = given.search
     if search is not None:
         search = check_name(
@@ -71,6 +75,7 @@ def check_filter(given: ProviderFilter) -> ProviderFilter:
         max_price=given.max_price,
         online_only=given.online_only,
         search=search,
+        capability=given.capability,
     )
 
 
@@ -123,6 +128,10 @@ async def list_providers(
     ]
     if wanted.model is not None:
         offer_where.append(col(NodeModel.model) == wanted.model)
+    if wanted.capability is not None:
+        # Stored comma-separated ("completion,tools"): match a whole item.
+        listed = sa.literal(",") + col(NodeModel.capabilities) + sa.literal(",")
+        offer_where.append(listed.contains(f",{wanted.capability},", autoescape=True))
     offers = (
         select(
             col(Node.operator_id).label("operator_id"),

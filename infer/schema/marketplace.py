@@ -185,6 +185,11 @@ class ProviderFilter:
     search: str | None = strawberry.field(
         default=None, description="In the chosen name or the description, any letter case."
     )
+    capability: str | None = strawberry.field(
+        default=None,
+        description="Only offers whose runtime reports it: completion, tools, vision, "
+        "embedding or thinking.",
+    )
 
 
 async def _count_public_read(info: Info[Context, Any]) -> None:
@@ -213,6 +218,7 @@ async def providers(
             max_price=filter.max_price,
             online_only=filter.online_only,
             search=filter.search,
+            capability=filter.capability,
         )
     page = await directory.list_providers(
         info.context.resources.db, filter=wanted, sort=sort, first=first, after=after
