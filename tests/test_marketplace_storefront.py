@@ -89,6 +89,20 @@ async def test_a_visitor_sorts_providers_by_measured_figures_and_only_served_buy
     assert [p["id"] for p in cheap_only] == [cheap]
     assert [(p["id"], p["models"]) for p in fast_model] == [(fast, ["fast:1b"])]
 
+    page = await _graphql(
+        market,
+        "query($p: ID!) { provider(id: $p) { offers { model inputPerMillion outputPerMillion"
+        " stats { ttftMsP50 requestsServed } } } }",
+        {"p": cheap},
+        None,
+    )
+    [offer] = page["data"]["provider"]["offers"]  # type: ignore[index]
+    assert (offer["model"], offer["inputPerMillion"], offer["outputPerMillion"]) == (
+        "cheap:1b",
+        "0.50",
+        "0.50",
+    )
+    assert offer["stats"]["requestsServed"] == 6
     reviewed = await _graphql(market, REVIEW, {"p": fast}, market.buyer_key)
     assert reviewed["data"]["createReview"]["verified"] is True, reviewed  # type: ignore[index]
     refused = await _graphql(market, REVIEW, {"p": cheap}, market.buyer_key)

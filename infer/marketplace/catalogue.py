@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -176,15 +177,7 @@ async def catalogue(db: Database, *, names: Sequence[str] | None = None) -> list
     Two queries: the offered rows of online nodes, and the 24 h figures of each provider
     and model (for popularity and the order of offers).
     """
-    offered = (
-        select(NodeModel, Node.operator_id)
-        .join(Node, col(NodeModel.node_id) == col(Node.id))
-        .where(
-            Node.status == NodeStatus.ONLINE,
-            col(NodeModel.available).is_(True),
-            (col(NodeModel.input_price_per_million) + col(NodeModel.output_price_per_million)) > 0,
-        )
-    )
+    offered = _on_sale()
     figures = select(MarketFigures).where(
         MarketFigures.period == "24h", MarketFigures.model != ALL_MODELS
     )
@@ -244,6 +237,48 @@ def _model(
             if any(c in (r.capabilities or "").split(",") for r in described)
         ),
     )
+
+
+def _on_sale() -> Any:
+    """The offered rows of online nodes (a priced model an online node offers), with the
+    operator of each."""
+    return (
+        select(NodeModel, Node.operator_id)
+        .join(Node, col(NodeModel.node_id) == col(Node.id))
+        .where(
+            Node.status == NodeStatus.ONLINE,
+            col(NodeModel.available).is_(True),
+            (col(NodeModel.input_price_per_million) + col(NodeModel.output_price_per_million)) > 0,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class ProviderOffer:
+    """One model a provider sells now, at the lowest prices of its online nodes."""
+
+    model: str
+    input_per_million: int
+    output_per_million: int
+
+
+async def offers_of_providers(
+    session: AsyncSession, provider_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[ProviderOffer]]:
+    """What each provider sells now, model by model, cheapest node's prices (one query)."""
+    rows = await session.exec(_on_sale().where(col(Node.operator_id).in_(provider_ids)))
+    cheapest: dict[tuple[uuid.UUID, str], NodeModel] = {}
+    for row, operator_id in rows:
+        best = cheapest.get((operator_id, row.model))
+        price = row.input_price_per_million + row.output_price_per_million
+        if best is None or price < best.input_price_per_million + best.output_price_per_million:
+            cheapest[(operator_id, row.model)] = row
+    found: dict[uuid.UUID, list[ProviderOffer]] = {p: [] for p in provider_ids}
+    for (operator_id, model), row in sorted(cheapest.items(), key=lambda item: item[0][1]):
+        found[operator_id].append(
+            ProviderOffer(model, row.input_price_per_million, row.output_price_per_million)
+        )
+    return found
 
 
 async def provider_names(session: AsyncSession, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:

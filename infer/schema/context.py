@@ -15,7 +15,7 @@ from infer.audit import ClientInfo
 from infer.billing import ledger, reports
 from infer.billing.reports import Bucket, Dimension, Figures, Period, Side
 from infer.keys.service import keys_of_users
-from infer.marketplace.catalogue import provider_names
+from infer.marketplace.catalogue import ProviderOffer, offers_of_providers, provider_names
 from infer.marketplace.figures import figures_of
 from infer.marketplace.reviews import ReviewPage, first_pages, page_of_reviews, rating_figures
 from infer.models import ApiKey, HealthCheck, MarketFigures, Node, NodeModel
@@ -43,6 +43,7 @@ class Loaders:
     review_pages: DataLoader[ReviewsKey, ReviewPage] = field(init=False)
     rating_distributions: DataLoader[uuid.UUID, list[int]] = field(init=False)
     display_names: DataLoader[uuid.UUID, str] = field(init=False)
+    provider_offers: DataLoader[uuid.UUID, list[ProviderOffer]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.balance = DataLoader(load_fn=self._balances)
@@ -56,6 +57,7 @@ class Loaders:
         self.review_pages = DataLoader(load_fn=self._review_pages)
         self.rating_distributions = DataLoader(load_fn=self._rating_distributions)
         self.display_names = DataLoader(load_fn=self._display_names)
+        self.provider_offers = DataLoader(load_fn=self._provider_offers)
 
     async def _balances(self, user_ids: list[uuid.UUID]) -> list[int]:
         async with self.resources.db.session() as session:
@@ -139,6 +141,11 @@ class Loaders:
         async with self.resources.db.session() as session:
             found = await provider_names(session, user_ids)
         return [found[user_id] for user_id in user_ids]
+
+    async def _provider_offers(self, provider_ids: list[uuid.UUID]) -> list[list[ProviderOffer]]:
+        async with self.resources.db.session() as session:
+            found = await offers_of_providers(session, provider_ids)
+        return [found[provider_id] for provider_id in provider_ids]
 
     async def _rating_distributions(self, provider_ids: list[uuid.UUID]) -> list[list[int]]:
         async with self.resources.db.session() as session:

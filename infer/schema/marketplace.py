@@ -105,6 +105,18 @@ class PublicNode:
         )
 
 
+@strawberry.type(name="ProviderOffer", description="A model a provider sells now.")
+class ProviderOffer:
+    model: str
+    input_per_million: Money = strawberry.field(description="Its cheapest node's price.")
+    output_per_million: Money
+    provider_id: strawberry.Private[uuid.UUID]
+
+    @strawberry.field
+    async def stats(self, info: Info[Context, Any]) -> ProviderStats:
+        return await provider_stats(info, self.provider_id, self.model)
+
+
 @strawberry.type(name="Provider")
 class Provider:
     id: strawberry.ID
@@ -123,6 +135,19 @@ class Provider:
         default=None,
         description="In a `providers` list: pass as `after` for the providers after this one.",
     )
+
+    @strawberry.field
+    async def offers(self, info: Info[Context, Any]) -> list[ProviderOffer]:
+        provider_id = uuid.UUID(self.id)
+        return [
+            ProviderOffer(
+                model=offer.model,
+                input_per_million=Money(offer.input_per_million),
+                output_per_million=Money(offer.output_per_million),
+                provider_id=provider_id,
+            )
+            for offer in await info.context.loaders.provider_offers.load(provider_id)
+        ]
 
     @strawberry.field
     async def nodes(self, info: Info[Context, Any]) -> list[PublicNode]:
