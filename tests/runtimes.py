@@ -36,6 +36,7 @@ Fault = Literal[
     "huge_probe",  # the model list never ends
 ]
 SECRET = "sk-live-DO-NOT-ECHO-0123456789"
+CHAT_PATHS = ("/api/chat", "/v1/chat/completions")
 USAGE_PROMPT_TOKENS = 11
 
 
@@ -76,7 +77,8 @@ class FakeRuntime:
     disconnected: threading.Event = field(default_factory=threading.Event)
 
     def chats(self) -> list[Seen]:
-        return [s for s in self.seen if s.method == "POST"]
+        """The chat requests it was sent (not the monitor's probes, /api/show included)."""
+        return [s for s in self.seen if s.method == "POST" and s.path in CHAT_PATHS]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
