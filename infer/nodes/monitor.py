@@ -17,7 +17,7 @@ from infer.db import Database
 from infer.errors import UpstreamError
 from infer.models import HealthCheck, Node, NodeModel, NodeStatus, Notification, utcnow
 from infer.nodes.clients import client_for
-from infer.nodes.clients.base import Deadlines, ModelDetails, ModelInfo, Probe
+from infer.nodes.clients.base import Deadlines, ModelDetails, ModelInfo, Probe, RuntimeClient
 from infer.nodes.health import Health, after_check, next_delay
 from infer.nodes.registry import MAX_MODELS_PER_NODE, open_token
 from infer.nodes.transport import NodeHTTP
@@ -132,16 +132,18 @@ class HealthMonitor:
             result = await session.exec(statement)
             return bool(result.rowcount == 1)
 
+    def _client(self, node: Node) -> RuntimeClient:
+        return client_for(
+            node.runtime,
+            self.http,
+            base_url=node.endpoint,
+            token=open_token(node, self.keyring),
+            deadlines=self.deadlines,
+        )
+
     async def _probe(self, node: Node) -> tuple[Probe | None, str | None]:
         try:
-            client = client_for(
-                node.runtime,
-                self.http,
-                base_url=node.endpoint,
-                token=open_token(node, self.keyring),
-                deadlines=self.deadlines,
-            )
-            return await client.probe(), None
+            return await self._client(node).probe(), None
         except UpstreamError as exc:
             return None, exc.message
         except Exception:  # a malformed answer must mark the node, never stop the monitor
@@ -168,14 +170,7 @@ class HealthMonitor:
         if not names:
             return
         try:
-            client = client_for(
-                node.runtime,
-                self.http,
-                base_url=node.endpoint,
-                token=open_token(node, self.keyring),
-                deadlines=self.deadlines,
-            )
-            found = await client.describe(names)
+            found = await self._client(node).describe(names)
         except UpstreamError as exc:  # tried again at the next check
             log.info("model details of node %s not read: %s", node.id, exc.message)
             return
