@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # An answer past these multiples of max_tokens is a flood, not an answer (see _count).
-MAX_CHUNKS_PER_TOKEN = 4
-MAX_BYTES_PER_TOKEN = 128
+FLOOD_CHUNKS_PER_TOKEN = 4
+FLOOD_BYTES_PER_TOKEN = 128
 MAX_SETTLEMENT_BACKLOG = 256  # settlements queued before answers wait for the books
 
 
@@ -143,8 +143,8 @@ class Completion:
             if chunk.usage is not None:
                 self._reported = chunk.usage
         if (
-            self.chunks_relayed > MAX_CHUNKS_PER_TOKEN * self.max_tokens + 16
-            or self.bytes_relayed > MAX_BYTES_PER_TOKEN * self.max_tokens + 1024
+            self.chunks_relayed > FLOOD_CHUNKS_PER_TOKEN * self.max_tokens + 16
+            or self.bytes_relayed > FLOOD_BYTES_PER_TOKEN * self.max_tokens + 1024
         ):
             # Far past max_tokens: no honest runtime sends this. The rest is not relayed
             # (nor held in memory), and it is not billed beyond max_tokens.

@@ -184,10 +184,11 @@ class Completions:
         max_tokens = request.max_tokens or self.policy.default_max_tokens
         contents = [m.content for m in request.messages]
         prompt_bound = estimate_prompt_tokens(contents)
+        prompt_typical = typical_prompt_tokens(contents)
         attempts = await self.router.plan(
             request.model,
             preferences,
-            expected_prompt_tokens=typical_prompt_tokens(contents),
+            expected_prompt_tokens=prompt_typical,
             expected_output_tokens=max_tokens,
         )
         worst_case = max(
@@ -230,7 +231,7 @@ class Completions:
             hold_id=hold_id,
             account_id=account_id,
             prompt_bound=prompt_bound,
-            prompt_typical=typical_prompt_tokens(contents),
+            prompt_typical=prompt_typical,
             prompt_bytes=sum(len(content.encode()) for content in contents),
             max_tokens=max_tokens,
         )
