@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from infer.accounts.principal import Principal
+from infer.authentication import key_principal
 from infer.billing.money import format_usd
 from infer.completions.completion import Completion
-from infer.errors import InferError, Unauthenticated, UpstreamError
+from infer.errors import InferError, UpstreamError
 from infer.gateway.body import ChatCompletionBody, parse_body
 from infer.gateway.errors import error_body, error_response
 from infer.gateway.stream import DEADLINE_LEAD_SECONDS, BuyerStream
@@ -27,20 +27,13 @@ from infer.routing.preferences import parse_preferences
 T = TypeVar("T")
 
 
-async def _authenticate(request: Request, resources: Resources) -> Principal:
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        raise Unauthenticated("send your API key as 'Authorization: Bearer inf_…'")
-    return await resources.authenticator.authenticate(credentials.strip())
-
-
 async def chat_completions(request: Request) -> Response:
     resources: Resources = request.state.resources
     settings = resources.settings
     request_id = uuid.uuid4().hex
     headers = {"x-request-id": request_id}
     try:
-        principal = await _authenticate(request, resources)
+        principal = await key_principal(request, resources)
         body = parse_body(await request.body(), max_tokens_limit=settings.max_tokens_limit)
         completion = await resources.completions.start(
             buyer=principal,
@@ -198,7 +191,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
 async def list_models(request: Request) -> Response:
     resources: Resources = request.state.resources
     try:
-        await _authenticate(request, resources)
+        await key_principal(request, resources)
     except InferError as error:
         return error_response(error)
     models = await resources.router.catalog.models()

@@ -12,13 +12,20 @@ from strawberry.dataloader import DataLoader
 
 from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
+from infer.authentication import client_info
 from infer.billing import ledger, reports
 from infer.billing.reports import Bucket, Dimension, Figures, Period, Side
 from infer.keys.service import keys_of_users
 from infer.marketplace.catalogue import ProviderOffer, offers_of_providers, provider_names
 from infer.marketplace.figures import figures_of
-from infer.marketplace.reviews import ReviewPage, first_pages, page_of_reviews, rating_figures
-from infer.models import ApiKey, HealthCheck, MarketFigures, Node, NodeModel
+from infer.marketplace.reviews import (
+    ReviewPage,
+    first_pages,
+    page_of_reviews,
+    rating_figures,
+    reviews_by,
+)
+from infer.models import ApiKey, HealthCheck, MarketFigures, Node, NodeModel, Review
 from infer.nodes.registry import models_of_nodes, nodes_of_operators, recent_checks
 from infer.resources import Resources
 
@@ -44,6 +51,7 @@ class Loaders:
     rating_distributions: DataLoader[uuid.UUID, list[int]] = field(init=False)
     display_names: DataLoader[uuid.UUID, str] = field(init=False)
     provider_offers: DataLoader[uuid.UUID, list[ProviderOffer]] = field(init=False)
+    own_reviews: DataLoader[tuple[uuid.UUID, uuid.UUID], Review | None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.balance = DataLoader(load_fn=self._balances)
@@ -58,6 +66,7 @@ class Loaders:
         self.rating_distributions = DataLoader(load_fn=self._rating_distributions)
         self.display_names = DataLoader(load_fn=self._display_names)
         self.provider_offers = DataLoader(load_fn=self._provider_offers)
+        self.own_reviews = DataLoader(load_fn=self._own_reviews)
 
     async def _balances(self, user_ids: list[uuid.UUID]) -> list[int]:
         async with self.resources.db.session() as session:
@@ -152,6 +161,13 @@ class Loaders:
             found = await rating_figures(session, provider_ids)
         return [found[pid] for pid in provider_ids]
 
+    async def _own_reviews(
+        self, keys: list[tuple[uuid.UUID, uuid.UUID]]
+    ) -> list[Review | None]:  # (reviewer, provider)
+        async with self.resources.db.session() as session:
+            found = await reviews_by(session, keys=keys)
+        return [found.get(key) for key in keys]
+
 
 @dataclass
 class Context:
@@ -162,3 +178,20 @@ class Context:
     client: ClientInfo
     loaders: Loaders
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def request_context(
+    request: Request, response: Response, *, principal: Principal | None
+) -> Context:
+    """The context of one operation, for the GraphQL endpoint and the dashboard alike."""
+    resources: Resources = request.state.resources
+    # Read your own completions: balances and usage include what this process answered.
+    await resources.completions.settled()
+    return Context(
+        request=request,
+        response=response,
+        resources=resources,
+        principal=principal,
+        client=client_info(request),
+        loaders=Loaders(resources),
+    )

@@ -13,22 +13,19 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
 from infer.accounts.principal import Principal
-from infer.accounts.service import authenticate_session
-from infer.audit import ClientInfo
+from infer.authentication import (
+    SESSION_COOKIE,
+    bearer_credentials,
+    key_principal,
+    same_origin,
+    session_principal,
+)
 from infer.errors import Forbidden, InferError, Unavailable
 from infer.resources import Resources
-from infer.schema.context import Context, Loaders
-from infer.schema.user import SESSION_COOKIE
+from infer.schema.context import Context, request_context
 
 PRINCIPAL_KEY = "infer.principal"
 _TRANSPORT_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-
-
-def client_info(request: Request) -> ClientInfo:
-    return ClientInfo(
-        ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
-    )
 
 
 def graphql_error_response(error: InferError, status: int) -> JSONResponse:
@@ -44,16 +41,6 @@ def graphql_error_response(error: InferError, status: int) -> JSONResponse:
 def _is_json_post(request: Request) -> bool:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     return request.method == "POST" and content_type == "application/json"
-
-
-def _same_origin(request: Request, resources: Resources) -> bool:
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True  # browsers always send Origin on cross-site POSTs
-    own = f"{request.url.scheme}://{request.url.netloc}"
-    # Not the CORS origins: those may call with a Bearer key, never ride on the cookie.
-    allowed = {own, resources.settings.public_origin}
-    return origin in allowed
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -93,47 +80,29 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def _authenticate(self, request: Request) -> Principal | None:
         resources: Resources = request.state.resources
-        authorization = request.headers.get("authorization")
-        if authorization is not None:
-            scheme, _, credentials = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not credentials.strip():
-                return await resources.authenticator.authenticate("")
-            principal = await resources.authenticator.authenticate(credentials.strip())
+        if bearer_credentials(request) is not None:
+            principal = await key_principal(request, resources)
             if principal.retiring:
                 raise Forbidden(
                     "this API key was rotated and only works on /api/v1 until it expires;"
                     " use its replacement"
                 )
             return principal
-        token = request.cookies.get(SESSION_COOKIE)
-        if token is None:
+        if SESSION_COOKIE not in request.cookies:
             return None
-        if not _same_origin(request, resources):
+        if not same_origin(request, resources.settings):
             raise Forbidden("cross-origin requests may not use the session cookie")
         if not _is_json_post(request):
             return None  # the cookie only counts on JSON POSTs, which forms cannot send
-        try:
-            return await authenticate_session(resources.db, token=token, signer=resources.signer)
-        except Unavailable:
-            raise  # the database is down: say so, rather than treat the caller as anonymous
-        except InferError:
-            return None
+        return await session_principal(request, resources)
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         assert isinstance(request, Request)
         assert isinstance(response, Response)
-        resources: Resources = request.state.resources
-        # Read your own completions: balances and usage include what this process answered.
-        await resources.completions.settled()
-        return Context(
-            request=request,
-            response=response,
-            resources=resources,
-            principal=request.scope.get(PRINCIPAL_KEY),
-            client=client_info(request),
-            loaders=Loaders(resources),
+        return await request_context(
+            request, response, principal=request.scope.get(PRINCIPAL_KEY)
         )
 
     async def get_root_value(self, request: Any) -> None:
