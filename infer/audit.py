@@ -1,4 +1,4 @@
-"""Append-only audit log of security-relevant actions."""
+"""Append-only audit log of security-relevant actions, and a user's own view of it."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from infer.billing.reports import Page, before, check_first, encode_cursor
 from infer.models import AuditLog
+
+_MAX_ID = 2**63 - 1  # a BIGINT; a cursor naming more would fail in the database
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,26 @@ def record(
             details=details,
         )
     )
+
+
+def _entry_id(text: str) -> int:
+    value = int(text)
+    if not 0 < value <= _MAX_ID:
+        raise ValueError("not an audit entry id")
+    return value
+
+
+async def entries_of(
+    session: AsyncSession, *, actor_id: uuid.UUID, first: int = 20, after: str | None = None
+) -> Page[AuditLog]:
+    """What this user did (and what was tried in their name), newest first, by keyset."""
+    check_first(first)
+    created, row_id = col(AuditLog.created_at), col(AuditLog.id)
+    statement = select(AuditLog).where(col(AuditLog.actor_id) == actor_id)
+    if after is not None:
+        statement = statement.where(before(created, row_id, after, _entry_id))
+    rows = list(
+        await session.exec(statement.order_by(created.desc(), row_id.desc()).limit(first + 1))
+    )
+    items = [(encode_cursor(row.created_at, row.id or 0), row) for row in rows[:first]]
+    return Page(items, has_next=len(rows) > first)

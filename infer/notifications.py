@@ -1,4 +1,4 @@
-"""Operator notifications: listing them and marking them read."""
+"""Operator notifications: listing and counting them, and marking them read."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ async def list_notifications(
     query = query.order_by(col(Notification.created_at).desc()).limit(first)
     async with db.session() as session:
         return list((await session.exec(query)).all())
+
+
+async def unread_count(db: Database, *, user_id: uuid.UUID) -> int:
+    """How many of the user's notifications are unread, in one COUNT."""
+    query = (
+        select(sa.func.count())
+        .select_from(Notification)
+        .where(col(Notification.user_id) == user_id, col(Notification.read_at).is_(None))
+    )
+    async with db.session() as session:
+        return int((await session.exec(query)).one())
 
 
 async def mark_read(db: Database, *, user_id: uuid.UUID, ids: Sequence[uuid.UUID] | None) -> int:

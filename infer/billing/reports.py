@@ -7,7 +7,7 @@ import binascii
 import enum
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
@@ -25,6 +25,7 @@ from infer.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRec
 
 MAX_PAGE_SIZE = 100
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class Side(enum.StrEnum):
@@ -41,22 +42,50 @@ class Dimension(enum.StrEnum):
     MODEL = "model"
     API_KEY = "api_key"
     NODE = "node"
+    PROVIDER = "provider"
 
 
 @dataclass(frozen=True)
 class Period:
-    """The half-open range [start, end) of creation times; either end may be open."""
+    """Which records a report counts: created in the half-open range [start, end) (either
+    end may be open) and, when given, only of one model, API key or serving operator."""
 
     start: datetime | None = None
     end: datetime | None = None
+    model: str | None = None
+    api_key_id: uuid.UUID | None = None
+    operator_id: uuid.UUID | None = None
 
     @classmethod
-    def between(cls, start: datetime | None, end: datetime | None) -> Period:
+    def between(
+        cls,
+        start: datetime | None,
+        end: datetime | None,
+        *,
+        model: str | None = None,
+        api_key_id: uuid.UUID | None = None,
+        operator_id: uuid.UUID | None = None,
+    ) -> Period:
         """Validate the range; times without a zone are taken as UTC."""
         start, end = (t if t is None or t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))
         if start is not None and end is not None and start >= end:
             raise BadInput("`from` must be before `to`", param="from")
-        return cls(start, end)
+        return cls(start, end, model, api_key_id, operator_id)
+
+    def conditions(self) -> list[sa.ColumnElement[bool]]:
+        """The WHERE clauses on usage records that this selection stands for."""
+        wanted: list[sa.ColumnElement[bool]] = []
+        if self.start is not None:
+            wanted.append(col(UsageRecord.created_at) >= self.start)
+        if self.end is not None:
+            wanted.append(col(UsageRecord.created_at) < self.end)
+        if self.model is not None:
+            wanted.append(col(UsageRecord.model) == self.model)
+        if self.api_key_id is not None:
+            wanted.append(col(UsageRecord.api_key_id) == self.api_key_id)
+        if self.operator_id is not None:
+            wanted.append(col(UsageRecord.operator_id) == self.operator_id)
+        return wanted
 
 
 @dataclass(frozen=True)
@@ -127,6 +156,7 @@ def _dimension(by: Dimension) -> sa.SQLColumnExpression[Any]:
         Dimension.MODEL: col(UsageRecord.model),
         Dimension.API_KEY: col(UsageRecord.api_key_id),
         Dimension.NODE: col(UsageRecord.node_id),
+        Dimension.PROVIDER: col(UsageRecord.operator_id),
     }[by]
 
 
@@ -141,11 +171,7 @@ def _figures_query(
         sa.func.sum(col(UsageRecord.completion_tokens)).label("completion_tokens"),
         sa.func.sum(amount).label("amount"),
     ).group_by(*columns)
-    if period.start is not None:
-        statement = statement.where(col(UsageRecord.created_at) >= period.start)
-    if period.end is not None:
-        statement = statement.where(col(UsageRecord.created_at) < period.end)
-    return statement
+    return statement.where(*period.conditions())
 
 
 async def _rows(
@@ -196,47 +222,56 @@ async def usage_buckets(
     return grouped
 
 
-def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+def encode_cursor(created_at: datetime, row_id: uuid.UUID | int) -> str:
     raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(cursor: str, parse_id: Callable[[str], K]) -> tuple[datetime, K]:
     """The position a cursor names; BadInput for anything this module did not make."""
     try:
         moment, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        created_at, position_id = datetime.fromisoformat(moment), uuid.UUID(row_id)
+        created_at, position_id = datetime.fromisoformat(moment), parse_id(row_id)
         if created_at.tzinfo is None:
             raise ValueError("a cursor's time has a zone")
-    except (binascii.Error, ValueError, TypeError, AttributeError) as exc:
+        created_at = created_at.astimezone(UTC)  # out of range near year 1 or 9999
+    except (binascii.Error, ValueError, TypeError, AttributeError, OverflowError) as exc:
         raise BadInput("`after` is not a cursor from this list", param="after") from exc
     return created_at, position_id
 
 
-def _check_first(first: int) -> None:
+def check_first(first: int) -> None:
     if not 1 <= first <= MAX_PAGE_SIZE:
         raise BadInput(f"`first` must be between 1 and {MAX_PAGE_SIZE}", param="first")
 
 
-def _before(
+def before(
     created: sa.SQLColumnExpression[datetime],
-    row_id: sa.SQLColumnExpression[uuid.UUID],
+    row_id: sa.SQLColumnExpression[Any],
     cursor: str,
+    parse_id: Callable[[str], Any] = uuid.UUID,
 ) -> sa.ColumnElement[bool]:
     """Rows after the cursor in newest-first order: older, or as old with a smaller id."""
-    at, after_id = decode_cursor(cursor)
+    at, after_id = decode_cursor(cursor, parse_id)
     return sa.or_(created < at, sa.and_(created == at, row_id < after_id))
 
 
 async def usage_records(
-    session: AsyncSession, *, buyer_id: uuid.UUID, first: int = 20, after: str | None = None
+    session: AsyncSession,
+    *,
+    buyer_id: uuid.UUID,
+    period: Period = Period(),
+    first: int = 20,
+    after: str | None = None,
 ) -> Page[UsageRecord]:
-    """A buyer's usage records, newest first, `first` at a time after the cursor."""
-    _check_first(first)
+    """A buyer's usage records of the period, newest first, `first` at a time after the cursor."""
+    check_first(first)
     created, row_id = col(UsageRecord.created_at), col(UsageRecord.id)
-    statement = select(UsageRecord).where(col(UsageRecord.buyer_id) == buyer_id)
+    statement = select(UsageRecord).where(
+        col(UsageRecord.buyer_id) == buyer_id, *period.conditions()
+    )
     if after is not None:
-        statement = statement.where(_before(created, row_id, after))
+        statement = statement.where(before(created, row_id, after))
     statement = statement.order_by(created.desc(), row_id.desc()).limit(first + 1)
     rows = list(await session.exec(statement))
     items = [(encode_cursor(row.created_at, row.id), row) for row in rows[:first]]
@@ -247,7 +282,7 @@ async def account_movements(
     session: AsyncSession, *, user_id: uuid.UUID, first: int = 20, after: str | None = None
 ) -> Page[Movement]:
     """Ledger transactions that touch the user's account, newest first, with signed amounts."""
-    _check_first(first)
+    check_first(first)
     created, row_id = col(LedgerTransaction.created_at), col(LedgerTransaction.id)
     statement = (
         sa.select(
@@ -264,7 +299,7 @@ async def account_movements(
         .group_by(row_id, col(LedgerTransaction.kind), col(LedgerTransaction.memo), created)
     )
     if after is not None:
-        statement = statement.where(_before(created, row_id, after))
+        statement = statement.where(before(created, row_id, after))
     statement = statement.order_by(created.desc(), row_id.desc()).limit(first + 1)
     rows = await _rows(session, statement)
     items = [

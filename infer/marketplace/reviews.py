@@ -296,3 +296,20 @@ def average(distribution: Sequence[int]) -> float | None:
     if not count:
         return None
     return round(sum(star * n for star, n in enumerate(distribution, start=1)) / count, 2)
+
+
+async def reviews_by(
+    session: AsyncSession, *, keys: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> dict[tuple[uuid.UUID, uuid.UUID], Review]:
+    """Each (reviewer, provider) pair's review, where one exists, in one query."""
+    reviewers = {reviewer for reviewer, _ in keys}
+    providers = {provider for _, provider in keys}
+    rows = await session.exec(
+        select(Review).where(
+            col(Review.reviewer_id).in_(list(reviewers)),
+            col(Review.provider_id).in_(list(providers)),
+        )
+    )
+    wanted = set(keys)
+    found = {(row.reviewer_id, row.provider_id): row for row in rows}
+    return {key: review for key, review in found.items() if key in wanted}

@@ -117,6 +117,14 @@ class ProviderOffer:
         return await provider_stats(info, self.provider_id, self.model)
 
 
+async def _my_review(root: Provider, info: Info[Context, Any]) -> Review | None:
+    principal = info.context.principal
+    if principal is None:
+        return None
+    row = await info.context.loaders.own_reviews.load((principal.user_id, uuid.UUID(root.id)))
+    return None if row is None else Review.from_model(row)
+
+
 @strawberry.type(name="Provider")
 class Provider:
     id: strawberry.ID
@@ -163,6 +171,11 @@ class Provider:
         return ReviewPage(
             nodes=[Review.from_model(row) for row in page.reviews], end_cursor=page.end_cursor
         )
+
+    my_review: Review | None = strawberry.field(
+        resolver=_my_review,
+        description="Your own review of this provider, to edit or delete; null signed out or none.",
+    )
 
     @strawberry.field
     async def rating_distribution(self, info: Info[Context, Any]) -> list[RatingCount]:

@@ -12,15 +12,10 @@ from infer.marketplace import catalogue
 from infer.schema.context import Context
 from infer.schema.figures import ProviderStats, provider_stats
 from infer.schema.marketplace import _count_public_read
+from infer.schema.offer_provider import OfferProvider, offer_provider
 from infer.schema.scalars import Money
 
 ModelSort = strawberry.enum(catalogue.ModelSort, name="ModelSort")
-
-
-@strawberry.type(name="OfferProvider")
-class OfferProvider:
-    id: strawberry.ID
-    name: str
 
 
 @strawberry.type(name="Offer", description="One provider's lowest prices for a model.")
@@ -32,8 +27,7 @@ class Offer:
 
     @strawberry.field
     async def provider(self, info: Info[Context, Any]) -> OfferProvider:
-        name = await info.context.loaders.display_names.load(self.provider_id)
-        return OfferProvider(id=strawberry.ID(str(self.provider_id)), name=name)
+        return await offer_provider(info, self.provider_id)
 
     @strawberry.field
     async def stats(self, info: Info[Context, Any]) -> ProviderStats:

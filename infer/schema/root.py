@@ -42,6 +42,10 @@ class Mutation:
         resolver=user.log_in, description="Start a session (cookie)."
     )
     log_out: bool = strawberry.mutation(resolver=user.log_out, description="End this session.")
+    end_session: bool = strawberry.mutation(
+        resolver=user.end_session,
+        description="End one of your sessions (`me.sessions`); ending this one logs you out.",
+    )
     change_password: user.User = strawberry.mutation(
         resolver=user.change_password,
         description="Replace the password; every other session ends.",

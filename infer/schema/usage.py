@@ -12,9 +12,11 @@ from strawberry.types import Info
 
 from infer.billing import reports
 from infer.billing.reports import Bucket, Dimension, Figures, Movement, Page, Period, Side
-from infer.errors import Forbidden
+from infer.errors import BadInput, Forbidden
+from infer.marketplace.figures import tokens_per_second
 from infer.models import UsageRecord as UsageRecordRow
 from infer.schema.context import Context
+from infer.schema.offer_provider import OfferProvider, offer_provider
 from infer.schema.permissions import require_principal
 from infer.schema.scalars import Money
 
@@ -33,12 +35,21 @@ First = Annotated[int, strawberry.argument(description="How many, 1 to 100.")]
 After = Annotated[
     str | None, strawberry.argument(description="The `endCursor` of the previous page.")
 ]
+ModelFilter = Annotated[str | None, strawberry.argument(description="Only this model.")]
+KeyFilter = Annotated[
+    strawberry.ID | None, strawberry.argument(description="Only requests made with this key.")
+]
+ProviderFilter = Annotated[
+    strawberry.ID | None,
+    strawberry.argument(description="Only requests served by this provider (its user id)."),
+]
 
 
 @strawberry.type
 class UsageBucket:
     key: str | None = strawberry.field(
-        description="The UTC day (YYYY-MM-DD), model, or API key id; null for no key."
+        description="The UTC day (YYYY-MM-DD), model, API key id or provider id; null for"
+        " no key or an unknown provider."
     )
     total_requests: int
     prompt_tokens: int
@@ -122,6 +133,10 @@ class Usage:
     by_key: list[UsageBucket] = strawberry.field(
         resolver=_spending(Dimension.API_KEY), description="By API key (its id), in id order."
     )
+    by_provider: list[UsageBucket] = strawberry.field(
+        resolver=_spending(Dimension.PROVIDER),
+        description="By the provider that served it (its user id), in id order.",
+    )
 
 
 @strawberry.type(description="What your nodes earned serving requests over a period.")
@@ -144,6 +159,12 @@ class Earnings:
     )
 
 
+async def _provider(root: UsageRecord, info: Info[Context, Any]) -> OfferProvider | None:
+    if root.operator_id is None:
+        return None
+    return await offer_provider(info, root.operator_id)
+
+
 @strawberry.type(name="UsageRecord", description="One request you made, and what it cost.")
 class UsageRecord:
     id: strawberry.ID
@@ -159,10 +180,18 @@ class UsageRecord:
     created_at: datetime
     api_key_id: strawberry.ID | None
     node_id: strawberry.ID | None = strawberry.field(description="The node that served it.")
+    tokens_per_second: float | None = strawberry.field(
+        description="Completion tokens per second after the first; null when not measured."
+    )
+    operator_id: strawberry.Private[uuid.UUID | None]
+
+    provider: OfferProvider | None = strawberry.field(
+        resolver=_provider, description="Who served it, as the storefront names them; or null."
+    )
 
     @classmethod
     def from_model(cls, row: UsageRecordRow) -> UsageRecord:
-        # Deliberately nothing about the operator or the node's endpoint.
+        # The operator only as the storefront shows it; never the node's endpoint.
         return cls(
             id=strawberry.ID(str(row.id)),
             request_id=row.request_id,
@@ -177,6 +206,10 @@ class UsageRecord:
             created_at=row.created_at,
             api_key_id=_id(row.api_key_id),
             node_id=_id(row.node_id),
+            tokens_per_second=tokens_per_second(
+                row.completion_tokens, row.ttft_ms, row.duration_ms
+            ),
+            operator_id=row.operator_id,
         )
 
 
@@ -222,7 +255,7 @@ def _id(value: uuid.UUID | None) -> strawberry.ID | None:
     return None if value is None else strawberry.ID(str(value))
 
 
-def _connection(page: Page[R], convert: Callable[[R], T]) -> Connection[T]:
+def connection(page: Page[R], convert: Callable[[R], T]) -> Connection[T]:
     edges = [Edge(cursor=cursor, node=convert(item)) for cursor, item in page.items]
     return Connection(
         edges=edges,
@@ -231,16 +264,50 @@ def _connection(page: Page[R], convert: Callable[[R], T]) -> Connection[T]:
     )
 
 
-def _own_id(root: User, info: Info[Context, Any]) -> uuid.UUID:
+def own_id(root: User, info: Info[Context, Any]) -> uuid.UUID:
     """The user's id, if they are the one asking: these figures are nobody else's business."""
     user_id = uuid.UUID(root.id)
     if require_principal(info).user_id != user_id:
-        raise Forbidden("only the user may see their usage and money")
+        raise Forbidden("only the user may see this of their account")
     return user_id
 
 
-async def usage(root: User, info: Info[Context, Any], from_: From = None, to: To = None) -> Usage:
-    key: Report = (Side.BUYER, _own_id(root, info), Period.between(from_, to))
+def _filter_id(value: str | None, *, param: str) -> uuid.UUID | None:
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise BadInput(f"`{param}` is not an id", param=param) from exc
+
+
+def _selection(
+    start: datetime | None,
+    end: datetime | None,
+    model: str | None,
+    api_key_id: str | None,
+    provider_id: str | None,
+) -> Period:
+    return Period.between(
+        start,
+        end,
+        model=model,
+        api_key_id=_filter_id(api_key_id, param="apiKeyId"),
+        operator_id=_filter_id(provider_id, param="providerId"),
+    )
+
+
+async def usage(
+    root: User,
+    info: Info[Context, Any],
+    from_: From = None,
+    to: To = None,
+    model: ModelFilter = None,
+    api_key_id: KeyFilter = None,
+    provider_id: ProviderFilter = None,
+) -> Usage:
+    period = _selection(from_, to, model, api_key_id, provider_id)
+    key: Report = (Side.BUYER, own_id(root, info), period)
     f: Figures = await info.context.loaders.usage_figures.load(key)
     return Usage(
         total_requests=f.requests,
@@ -252,14 +319,14 @@ async def usage(root: User, info: Info[Context, Any], from_: From = None, to: To
 
 
 async def earnings(root: User, info: Info[Context, Any]) -> Money:
-    key: Report = (Side.OPERATOR, _own_id(root, info), Period())
+    key: Report = (Side.OPERATOR, own_id(root, info), Period())
     return Money((await info.context.loaders.usage_figures.load(key)).amount)
 
 
 async def earnings_report(
     root: User, info: Info[Context, Any], from_: From = None, to: To = None
 ) -> Earnings:
-    key: Report = (Side.OPERATOR, _own_id(root, info), Period.between(from_, to))
+    key: Report = (Side.OPERATOR, own_id(root, info), Period.between(from_, to))
     f = await info.context.loaders.usage_figures.load(key)
     return Earnings(
         earned=Money(f.amount),
@@ -272,18 +339,29 @@ async def earnings_report(
 
 
 async def usage_records(
-    root: User, info: Info[Context, Any], first: First = 20, after: After = None
+    root: User,
+    info: Info[Context, Any],
+    first: First = 20,
+    after: After = None,
+    from_: From = None,
+    to: To = None,
+    model: ModelFilter = None,
+    api_key_id: KeyFilter = None,
+    provider_id: ProviderFilter = None,
 ) -> Connection[UsageRecord]:
-    buyer_id = _own_id(root, info)
+    buyer_id = own_id(root, info)
+    period = _selection(from_, to, model, api_key_id, provider_id)
     async with info.context.resources.db.session() as session:
-        page = await reports.usage_records(session, buyer_id=buyer_id, first=first, after=after)
-    return _connection(page, UsageRecord.from_model)
+        page = await reports.usage_records(
+            session, buyer_id=buyer_id, period=period, first=first, after=after
+        )
+    return connection(page, UsageRecord.from_model)
 
 
 async def transactions(
     root: User, info: Info[Context, Any], first: First = 20, after: After = None
 ) -> Connection[LedgerTransaction]:
-    user_id = _own_id(root, info)
+    user_id = own_id(root, info)
     async with info.context.resources.db.session() as session:
         page = await reports.account_movements(session, user_id=user_id, first=first, after=after)
-    return _connection(page, LedgerTransaction.from_movement)
+    return connection(page, LedgerTransaction.from_movement)

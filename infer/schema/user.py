@@ -10,23 +10,41 @@ from starlette.responses import Response
 from strawberry.types import Info
 
 from infer import notifications
-from infer.accounts import profile, service
+from infer.accounts import profile, service, sessions
 from infer.accounts.service import LoggedIn
 from infer.config import Settings
+from infer.errors import NotFound
 from infer.models import User as UserRow
 from infer.schema import usage as reports
 from infer.schema.api_key import ApiKey
+from infer.schema.audit import AuditEntry, audit_log
 from infer.schema.context import Context
 from infer.schema.node import Node
 from infer.schema.notification import Notification
 from infer.schema.permissions import require_principal
 from infer.schema.scalars import Money
+from infer.schema.session import Session, list_sessions
 
 SESSION_COOKIE = "infer_session"
 
 
 async def _balance(root: User, info: Info[Context, Any]) -> Money:
     return Money(await info.context.loaders.balance.load(uuid.UUID(root.id)))
+
+
+async def _unread_count(root: User, info: Info[Context, Any]) -> int:
+    user_id = reports.own_id(root, info)
+    return await notifications.unread_count(info.context.resources.db, user_id=user_id)
+
+
+async def _sessions(root: User, info: Info[Context, Any]) -> list[Session]:
+    return await list_sessions(info, reports.own_id(root, info))
+
+
+async def _audit_log(
+    root: User, info: Info[Context, Any], first: reports.First = 20, after: reports.After = None
+) -> reports.Connection[AuditEntry]:
+    return await audit_log(info, reports.own_id(root, info), first, after)
 
 
 @strawberry.type(name="User")
@@ -68,6 +86,16 @@ class User:
             first=first,
         )
         return [Notification.from_model(row) for row in rows]
+
+    unread_notification_count: int = strawberry.field(
+        resolver=_unread_count, description="How many of your notifications are unread."
+    )
+    sessions: list[Session] = strawberry.field(
+        resolver=_sessions, description="Your signed-in sessions that have not ended, newest first."
+    )
+    audit_log: reports.Connection[AuditEntry] = strawberry.field(
+        resolver=_audit_log, description="What was done with your account, newest first."
+    )
 
     @strawberry.field
     async def nodes(self, info: Info[Context, Any]) -> list[Node]:
@@ -160,6 +188,21 @@ async def log_out(info: Info[Context, Any]) -> bool:
     ctx = info.context
     await service.log_out(ctx.resources.db, principal=require_principal(info), client=ctx.client)
     ctx.response.delete_cookie(SESSION_COOKIE, path="/")
+    return True
+
+
+async def end_session(info: Info[Context, Any], id: strawberry.ID) -> bool:
+    ctx = info.context
+    principal = require_principal(info)
+    try:
+        session_id = uuid.UUID(id)
+    except ValueError as exc:
+        raise NotFound("no such session", param="id") from exc
+    await sessions.end_session(
+        ctx.resources.db, principal=principal, session_id=session_id, client=ctx.client
+    )
+    if session_id == principal.session_id:
+        ctx.response.delete_cookie(SESSION_COOKIE, path="/")  # ending this one logs out
     return True
 
 
