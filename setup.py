@@ -1,8 +1,10 @@
-"""What pyproject.toml cannot say: the top-level migrations/ ships as `infer.migrations`.
+"""What pyproject.toml cannot say: top-level folders that ship inside the package.
 
-A wheel (a plain `pip install .`) then carries the Alembic environment and versions
-inside the package, where `infer.db.MIGRATIONS_DIR` finds them; a checkout and an
-editable install keep using the folder beside infer/.
+migrations/ ships as `infer.migrations`, ui/ (templates, static files) as `infer.ui`,
+graphql/ (the SDL and the dashboard's operations) as `infer.graphql`. A wheel (a plain
+`pip install .`) then carries them inside the package, where `infer.db.MIGRATIONS_DIR`
+and `infer.web` find them; a checkout and an editable install keep using the folders
+beside infer/.
 """
 
 from setuptools import find_packages, setup
@@ -12,7 +14,13 @@ setup(
         *find_packages(include=["infer", "infer.*"]),
         "infer.migrations",
         "infer.migrations.versions",
+        "infer.ui",
+        "infer.graphql",
     ],
-    package_dir={"infer.migrations": "migrations"},
-    package_data={"infer.migrations": ["script.py.mako"]},
+    package_dir={"infer.migrations": "migrations", "infer.ui": "ui", "infer.graphql": "graphql"},
+    package_data={
+        "infer.migrations": ["script.py.mako"],
+        "infer.ui": ["templates/*.html", "static/*"],
+        "infer.graphql": ["*.graphql", "operations/*.graphql"],
+    },
 )

@@ -24,12 +24,17 @@ from infer.middleware import BodySizeLimit, SecurityHeaders
 from infer.resources import Resources
 from infer.schema.root import build_schema
 from infer.schema.view import GraphQLView
+from infer.web.operations import Operations
+from infer.web.routes import routes as web_routes
+from infer.web.templates import Templates
 
 log = logging.getLogger(__name__)
 
 
 class State(TypedDict):
     resources: Resources
+    operations: Operations  # the dashboard's named operations, on the one schema
+    templates: Templates
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -78,7 +83,7 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
         if freeze_heap:
             freeze_startup_heap()
         try:
-            yield {"resources": resources}
+            yield {"resources": resources, "operations": operations, "templates": templates}
         finally:
             await resources.close()
 
@@ -94,11 +99,14 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
         allow_queries_via_get=True,
         multipart_uploads_enabled=False,
     )
+    operations = Operations(schema)  # validated against the schema here, once
+    templates = Templates()
     routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         *gateway_routes,
+        *web_routes,
     ]
     middleware = [
         # Browsers on the listed origins may call with a Bearer key; cookies never count
@@ -119,7 +127,7 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
             allow_credentials=False,
             max_age=600,
         ),
-        Middleware(SecurityHeaders, production=settings.is_production),
+        Middleware(SecurityHeaders),
         Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
     ]
     exception_handlers: dict[type[Exception], ExceptionHandler] = {

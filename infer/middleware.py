@@ -6,41 +6,43 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# GraphiQL loads its assets from a CDN in development only; production serves none.
-_CSP_PRODUCTION = (
+# Everything comes from this origin: no inline script or style, no other site. The one
+# exception is GraphiQL in development, which sets its own policy (infer.schema.view).
+CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    "connect-src 'self'; font-src 'self'; object-src 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
 )
-_CSP_DEVELOPMENT = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://unpkg.com; "
-    "style-src 'self' 'unsafe-inline' https://unpkg.com; img-src 'self' data:; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
+HSTS = "max-age=63072000; includeSubDomains"
 
 
 class SecurityHeaders:
-    def __init__(self, app: ASGIApp, *, production: bool) -> None:
+    """The CSP and friends on every response that does not set its own; HSTS under https."""
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
         headers = {
-            "content-security-policy": _CSP_PRODUCTION if production else _CSP_DEVELOPMENT,
+            "content-security-policy": CSP,
             "x-content-type-options": "nosniff",
             "x-frame-options": "DENY",
             "referrer-policy": "strict-origin-when-cross-origin",
             "cross-origin-opener-policy": "same-origin",
         }
-        # Encoded once; added to every response that does not set its own.
+        # Encoded once.
         self.raw = [(name.encode(), value.encode()) for name, value in headers.items()]
+        self.raw_https = [*self.raw, (b"strict-transport-security", HSTS.encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        ours = self.raw_https if scope.get("scheme") == "https" else self.raw
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 raw = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in raw}
-                message["headers"] = raw + [pair for pair in self.raw if pair[0] not in present]
+                message["headers"] = raw + [pair for pair in ours if pair[0] not in present]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

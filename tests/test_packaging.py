@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from infer.db import alembic_config
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "infer", "migrations")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "infer", "migrations", "ui", "graphql")
 
 
 def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -80,3 +80,23 @@ def test_a_plain_install_carries_its_migrations(tmp_path: Path) -> None:
     assert {"users", "api_keys", "nodes", "usage_records"} <= tables
     head = ScriptDirectory.from_config(alembic_config(f"sqlite+aiosqlite:///{database}"))
     assert revision == head.get_current_head()
+
+    # The dashboard: its templates, static files and operations come from the wheel too.
+    found = _run(
+        "-c",
+        "from infer.web import operations, templates as t;"
+        "print(operations.OPERATIONS_DIR); print(t.TEMPLATES_DIR); print(t.STATIC_DIR)",
+        cwd=elsewhere,
+        env=env,
+    ).split()
+    assert [Path(line) for line in found] == [
+        site / "infer" / "graphql" / "operations",
+        site / "infer" / "ui" / "templates",
+        site / "infer" / "ui" / "static",
+    ]
+    for path in (
+        "graphql/operations/accounts.graphql",
+        "ui/templates/base.html",
+        "ui/static/htmx.min.js",
+    ):
+        assert (site / "infer" / path).is_file(), path

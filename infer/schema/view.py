@@ -25,6 +25,12 @@ from infer.resources import Resources
 from infer.schema.context import Context, request_context
 
 PRINCIPAL_KEY = "infer.principal"
+# Only for the GraphiQL page, which production does not serve; every other page is strict.
+GRAPHIQL_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://unpkg.com; "
+    "style-src 'self' 'unsafe-inline' https://unpkg.com; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 _TRANSPORT_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
@@ -64,6 +70,12 @@ class GraphQLView(GraphQL[Context, None]):
             response = JSONResponse(body, status_code=error.status_code)
         await response(scope, receive, send)
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """GraphiQL (development only) loads its scripts and styles from a CDN, inline."""
+        response = await super().render_graphql_ide(request)
+        response.headers["content-security-policy"] = GRAPHIQL_CSP
+        return response
+
     def decode_json(self, data: str | bytes) -> object:
         """Strict JSON only: UTF-8, no NaN, at most 1024 levels deep; an object or a batch.
 
@@ -101,9 +113,7 @@ class GraphQLView(GraphQL[Context, None]):
     ) -> Context:
         assert isinstance(request, Request)
         assert isinstance(response, Response)
-        return await request_context(
-            request, response, principal=request.scope.get(PRINCIPAL_KEY)
-        )
+        return await request_context(request, response, principal=request.scope.get(PRINCIPAL_KEY))
 
     async def get_root_value(self, request: Any) -> None:
         return None

@@ -1,0 +1,1 @@
+"""The dashboard: HTML pages for buyers and operators, built on the GraphQL API in process."""
