@@ -12,6 +12,7 @@ from strawberry.types import Info
 from infer import notifications
 from infer.accounts import profile, service, sessions
 from infer.accounts.service import LoggedIn
+from infer.authentication import SESSION_COOKIE
 from infer.config import Settings
 from infer.errors import NotFound
 from infer.models import User as UserRow
@@ -24,8 +25,6 @@ from infer.schema.notification import Notification
 from infer.schema.permissions import require_principal
 from infer.schema.scalars import Money
 from infer.schema.session import Session, list_sessions
-
-SESSION_COOKIE = "infer_session"
 
 
 async def _balance(root: User, info: Info[Context, Any]) -> Money:
