@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ExceptionHandler
 
@@ -24,6 +24,7 @@ from infer.middleware import BodySizeLimit, SecurityHeaders
 from infer.resources import Resources
 from infer.schema.root import build_schema
 from infer.schema.view import GraphQLView
+from infer.web.edge import error_page, wants_page
 from infer.web.operations import Operations
 from infer.web.routes import routes as web_routes
 from infer.web.templates import Templates
@@ -51,6 +52,20 @@ async def readyz(request: Request) -> JSONResponse:
     if parts["database"] != "ok":
         return JSONResponse({"status": "database unreachable", **parts}, status_code=503)
     return JSONResponse({"status": "degraded" if redis == "degraded" else "ready", **parts})
+
+
+async def not_routed(request: Request, exc: Exception) -> Response:
+    """404 and 405: a page for browsers, OpenAI's form under /api/, plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if wants_page(request) and exc.status_code in _PAGE_MESSAGES:
+        return await error_page(request, exc.status_code, _PAGE_MESSAGES[exc.status_code])
+    return await http_error(request, exc)
+
+
+_PAGE_MESSAGES = {
+    404: "There is no page at this address.",
+    405: "This page cannot be used that way.",
+}
 
 
 def app_from_environment() -> Starlette:
@@ -131,7 +146,7 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
         Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
     ]
     exception_handlers: dict[type[Exception], ExceptionHandler] = {
-        HTTPException: http_error,
+        HTTPException: not_routed,
         **dict.fromkeys(OUTAGE_ERRORS, outage_error),
         Exception: server_error,
     }

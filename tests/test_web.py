@@ -118,3 +118,12 @@ async def test_a_sign_up_error_names_the_field(dashboard: Dashboard) -> None:
     page = await dashboard.post("/signup", {"email": "not-an-email", "password": "short"})
     assert page.status == 422
     assert 'aria-invalid="true"' in page.html
+
+
+async def test_a_browser_gets_a_page_for_an_unknown_address(client: httpx.AsyncClient) -> None:
+    page = await client.get("/no/such/page", headers={"Accept": "text/html"})
+    assert page.status_code == 404
+    assert "There is no page at this address." in page.text
+    assert "<html" in page.text
+    api = await client.get("/api/v1/nope", headers={"Accept": "text/html"})
+    assert api.json()["error"]["code"] == "unknown_url"

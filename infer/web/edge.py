@@ -8,6 +8,7 @@ swapped into the page's alert area) in one place, here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,25 @@ class Web:
     principal: Principal | None
     csrf_token: str
     cookies: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, request: Request) -> Web:
+        """The request, before anyone is known to be signed in; with a CSRF token."""
+        resources: Resources = request.state.resources
+        token, new_token = token_of(request)
+        web = cls(
+            request=request,
+            resources=resources,
+            operations=request.state.operations,
+            templates=request.state.templates,
+            principal=None,
+            csrf_token=token,
+        )
+        if new_token:
+            cookie = Response()
+            set_token_cookie(cookie, token, resources.settings)
+            web.cookies += [(n, v) for n, v in cookie.raw_headers if n == b"set-cookie"]
+        return web
 
     @property
     def is_htmx(self) -> bool:
@@ -151,20 +171,8 @@ def view(handler: View, *, signed_in: bool = True) -> Callable[[Request], Awaita
     """
 
     async def endpoint(request: Request) -> Response:
-        resources: Resources = request.state.resources
-        token, new_token = token_of(request)
-        web = Web(
-            request=request,
-            resources=resources,
-            operations=request.state.operations,
-            templates=request.state.templates,
-            principal=None,
-            csrf_token=token,
-        )
-        if new_token:
-            cookie = Response()
-            set_token_cookie(cookie, token, resources.settings)
-            web.cookies += [(n, v) for n, v in cookie.raw_headers if n == b"set-cookie"]
+        web = Web.open(request)
+        resources = web.resources
         try:
             if await is_forged(request, resources.settings):
                 log.info("dashboard: refused %s %s (CSRF)", request.method, request.url.path)
@@ -193,3 +201,19 @@ def view(handler: View, *, signed_in: bool = True) -> Callable[[Request], Awaita
 def public_view(handler: View) -> Callable[[Request], Awaitable[Response]]:
     """A view anyone may see; `web.principal` is the user when signed in."""
     return view(handler, signed_in=False)
+
+
+def wants_page(request: Request) -> bool:
+    """A browser asking for a page (not an API client): it gets HTML errors."""
+    path = request.url.path
+    if path.startswith(("/api/", "/graphql", "/static/")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+async def error_page(request: Request, status: int, message: str) -> Response:
+    """An error page for a URL no view answers (404, 405), with the header as usual."""
+    web = Web.open(request)
+    with contextlib.suppress(InferError):  # a database outage: shown signed out
+        web.principal = await session_principal(request, web.resources)
+    return await web.failure(status, message)
