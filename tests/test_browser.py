@@ -1,0 +1,199 @@
+"""The dashboard in a real browser (Chromium): by mouse, by keyboard, in light and dark."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from browser import (
+    CHROMIUM,
+    REPORT_CSP,
+    Complaints,
+    Platform,
+    browser_problem,
+    platform_settings,
+    serve_platform,
+)
+from conftest import PASSWORD, REQUIRE_SERVICES
+
+from infer.simulator import SimulatorConfig, serve_simulator_in_thread
+
+if (_problem := browser_problem()) is not None:
+    if REQUIRE_SERVICES:  # CI must run these, not skip them
+        pytest.fail(f"browser tests cannot run: {_problem}", pytrace=False)
+    pytest.skip(f"browser tests cannot run: {_problem}", allow_module_level=True)
+
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+pytestmark = pytest.mark.timeout(240)
+MODEL = "llama3.2:1b"
+
+
+@dataclass
+class Operator:
+    """A seller with one online simulator node: the provider buyers use and review."""
+
+    key: str
+    id: str
+    name: str
+    node_id: str
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Platform]:
+    settings = platform_settings(tmp_path_factory.mktemp("browser"), sqlite_template)
+    with serve_platform(settings) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[str]:
+    with serve_simulator_in_thread(SimulatorConfig(models=(MODEL,), seed=7)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def operator(platform: Platform, simulator: str) -> Operator:
+    email = "seller@example.com"
+    key = platform.sign_up(email)
+    node_id = platform.register_node(key, endpoint=simulator, name="seller-gpu", model=MODEL)
+    return Operator(key=key, id=platform.user_id(key), name=email, node_id=node_id)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def complaints() -> Iterator[Complaints]:
+    """Every console error or warning, CSP violation and server failure of one test."""
+    found = Complaints()
+    yield found
+    found.assert_none()
+
+
+def open_page(browser: Browser, complaints: Complaints, *, scheme: str = "light") -> Page:
+    context = browser.new_context(color_scheme=scheme, viewport={"width": 1280, "height": 900})  # type: ignore[arg-type]
+    context.add_init_script(REPORT_CSP)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    complaints.watch(page)
+    return page
+
+
+def nav(page: Page, name: str) -> None:
+    page.get_by_role("navigation", name="Main").get_by_role("link", name=name, exact=True).click()
+
+
+def test_a_buyer_and_seller_by_mouse(
+    browser: Browser, platform: Platform, operator: Operator, complaints: Complaints
+) -> None:
+    page = open_page(browser, complaints)
+    email = "mouse@example.com"
+
+    page.goto(f"{platform.url}/signup")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Overview")
+    platform.grant(email, 5_000_000)
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/login$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Log in")
+
+
+def has_focus(locator: Locator) -> bool:
+    return bool(locator.evaluate("e => e === document.activeElement"))
+
+
+def tab_to(page: Page, locator: Locator, *, back: bool = False, limit: int = 80) -> None:
+    """Presses Tab (or Shift+Tab) until the locator's element has the focus."""
+    for _ in range(limit):
+        if has_focus(locator):
+            assert_focus_visible(page)
+            return
+        page.keyboard.press("Shift+Tab" if back else "Tab")
+    raise AssertionError(f"{limit} presses of Tab never reached {locator}")
+
+
+def assert_focus_visible(page: Page) -> None:
+    """The focused element matches :focus-visible and draws an outline or a ring."""
+    visible = page.evaluate(
+        """() => {
+          const e = document.activeElement;
+          if (!e || e === document.body || !e.matches(":focus-visible")) return false;
+          const s = getComputedStyle(e);
+          return (s.outlineStyle !== "none" && parseFloat(s.outlineWidth) > 0)
+            || s.boxShadow !== "none";
+        }"""
+    )
+    tag = page.evaluate("document.activeElement && document.activeElement.outerHTML.slice(0, 120)")
+    assert visible, f"the focus is not visible on {tag}"
+
+
+def test_keys_by_keyboard_alone(
+    browser: Browser, platform: Platform, complaints: Complaints
+) -> None:
+    email = "keyboard@example.com"
+    platform.sign_up(email)
+    complaints.expect_status(422)  # a wrong password, an empty key name
+    page = open_page(browser, complaints)
+    page.goto(f"{platform.url}/login")
+
+    # The email field has the focus on arrival; a wrong password brings it back there.
+    email_field = page.get_by_label("Email")
+    assert has_focus(email_field)
+    page.keyboard.type(email)
+    page.keyboard.press("Tab")
+    page.keyboard.type("not the password")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("alert")).to_be_visible()
+    expect(page.get_by_label("Email")).to_be_focused()
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Overview")
+
+    tab_to(page, page.get_by_role("navigation", name="Main").get_by_role("link", name="API keys"))
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("API keys")
+
+    # An empty name is refused beside the field, which gets the focus back.
+    name = page.get_by_role("textbox", name=re.compile(r"^Name\b"))
+    tab_to(page, name)
+    page.keyboard.press("Enter")
+    expect(name).to_have_attribute("aria-invalid", "true")
+    expect(name).to_be_focused()
+    assert_focus_visible(page)
+    page.keyboard.type("keyboard key")
+    page.keyboard.press("Enter")
+    secret = page.get_by_label("Secret key")
+    expect(secret).to_be_focused()
+    issued = secret.input_value()
+    assert platform.models(issued).status_code == 200
+
+    key = page.get_by_role("article").filter(
+        has=page.get_by_role("heading", name="keyboard key", exact=True)
+    )
+    revoke = key.get_by_role("button", name="Revoke…")
+    tab_to(page, revoke)
+    page.keyboard.press("Enter")
+    confirm = key.get_by_role("button", name="Yes, revoke “keyboard key”")
+    expect(confirm).to_be_visible()
+    tab_to(page, confirm)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("“keyboard key” is revoked")
+    expect(key).to_have_count(0)
+    assert platform.models(issued).status_code == 401
+
+    tab_to(page, page.get_by_role("button", name="Log out"))
+    page.keyboard.press("Space")
+    expect(page).to_have_url(re.compile(r"/login$"))
