@@ -125,7 +125,13 @@ class Web:
     def redirect(self, url: str) -> Response:
         """Post / redirect / get; htmx follows the same redirect as a full navigation."""
         if self.is_htmx:
-            return self._finish(Response(status_code=204, headers={"HX-Redirect": url}))
+            headers = {"HX-Redirect": url}
+            # htmx sets location.href; to this very page with a #fragment that only scrolls.
+            here = urlsplit(self.request.headers.get("hx-current-url", ""))
+            there = urlsplit(url)
+            if there.fragment and (there.path, there.query) == (here.path, here.query):
+                headers["HX-Refresh"] = "true"
+            return self._finish(Response(status_code=204, headers=headers))
         return self._finish(RedirectResponse(url, status_code=303))
 
     async def failure(self, status: int, message: str) -> Response:
