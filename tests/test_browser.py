@@ -30,6 +30,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 pytestmark = pytest.mark.timeout(240)
 MODEL = "llama3.2:1b"
+PROVIDER_NAME = "query($id: ID!) { provider(id: $id) { name } }"
 
 
 @dataclass
@@ -60,7 +61,9 @@ def operator(platform: Platform, simulator: str) -> Operator:
     email = "seller@example.com"
     key = platform.sign_up(email)
     node_id = platform.register_node(key, endpoint=simulator, name="seller-gpu", model=MODEL)
-    return Operator(key=key, id=platform.user_id(key), name=email, node_id=node_id)
+    provider_id = platform.user_id(key)
+    name = platform.graphql(PROVIDER_NAME, {"id": provider_id})["provider"]["name"]
+    return Operator(key=key, id=provider_id, name=name, node_id=node_id)
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +103,53 @@ def test_a_buyer_and_seller_by_mouse(
 
     page.goto(f"{platform.url}/signup")
     page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_label(re.compile("^Password")).fill(PASSWORD)
     page.get_by_role("button", name="Create account").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Overview")
     platform.grant(email, 5_000_000)
+
+    nav(page, "API keys")
+    page.get_by_role("textbox", name=re.compile(r"^Name\b")).fill("mouse key")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.get_by_label("Secret key").input_value()
+    answer = platform.complete(secret, MODEL)
+    assert answer["choices"][0]["message"]["content"]
+
+    # The request shows where a buyer looks for it, with the seller that served it.
+    nav(page, "Overview")
+    recent = page.get_by_role("table", name="Recent requests")
+    expect(recent.get_by_role("row").filter(has_text=MODEL)).to_have_count(1)
+    expect(recent).to_contain_text(operator.name)
+    nav(page, "Usage")
+    expect(page.get_by_role("row").filter(has_text=MODEL).last).to_contain_text(operator.name)
+
+    # A node of the buyer's own, through the form; its status block refreshes itself.
+    with serve_simulator_in_thread(SimulatorConfig(models=(MODEL,), seed=3)) as own:
+        nav(page, "Nodes")
+        page.get_by_role("textbox", name=re.compile(r"^Name\b")).fill("my <b>gpu</b>")
+        page.get_by_role("combobox", name="Runtime").select_option("OLLAMA")
+        page.get_by_role("textbox", name=re.compile("^Endpoint URL")).fill(own)
+        page.get_by_role("button", name="Register node").click()
+        expect(page.get_by_role("heading", level=1)).to_contain_text("my <b>gpu</b>")
+        nav(page, "Nodes")
+        row = page.get_by_role("row").filter(has_text="my <b>gpu</b>")
+        with page.expect_response(
+            lambda r: r.url.endswith("/nodes") and r.request.headers.get("hx-request") == "true",
+            timeout=15_000,
+        ):
+            pass
+        expect(row.get_by_text("Online", exact=True)).to_be_visible()
+
+        nav(page, "Marketplace")
+        page.get_by_role("link", name="Providers", exact=True).click()
+        page.get_by_role("link", name=operator.name, exact=True).click()
+        expect(page.get_by_role("heading", level=1)).to_have_text(operator.name)
+        page.get_by_role("radio", name=re.compile("4 stars")).check()
+        page.get_by_label("Comment").fill("Fast and <script>cheap</script>.")
+        page.get_by_role("button", name="Post review").click()
+        review = page.locator("article.review").filter(has_text="Fast and")
+        expect(review).to_contain_text("Fast and <script>cheap</script>.")
+        expect(page.get_by_role("button", name="Save changes")).to_be_visible()
 
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/login$"))
