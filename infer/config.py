@@ -26,6 +26,7 @@ MAX_TOKENS_CEILING = 2**31 - 1
 # A settlement is written just after its request ends: a hold outlives the longest
 # request by at least this much, so the sweeper never takes one that is still live.
 HOLD_MARGIN_SECONDS = 60
+GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
 # What each accepted database URL scheme means to SQLAlchemy: the async driver we ship.
 _DATABASE_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -59,6 +60,10 @@ class Settings(BaseSettings):
     spool_dir: Path = Path(".infer/spool")
 
     session_ttl_seconds: int = Field(default=14 * 24 * 3600, gt=0)
+    # Google sign-in (docs/google-sign-in.md): off without a client id.
+    google_client_id: str | None = None
+    google_client_secret: SecretStr | None = None
+    google_discovery_url: str = GOOGLE_DISCOVERY_URL
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     # Failed log-ins (infer/accounts/throttle.py): per account and address, per address,
     # and per account across addresses (over it, only addresses it logged in from before).
@@ -86,7 +91,7 @@ class Settings(BaseSettings):
     client_write_timeout: float = Field(default=30.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("redis_url", "google_client_id", "google_client_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -110,6 +115,14 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("google_discovery_url")
+    @classmethod
+    def _discovery_address(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
         return value
 
     @field_validator("public_url")
@@ -174,6 +187,10 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"INFER_{name.upper()} must be at least {_MIN_SECRET_LENGTH} characters"
                     )
+            if self.google_client_id and self.google_client_secret is None:
+                raise ValueError("INFER_GOOGLE_CLIENT_SECRET must be set with a client id")
+            if self.google_client_id and urlsplit(self.google_discovery_url).scheme != "https":
+                raise ValueError("INFER_GOOGLE_DISCOVERY_URL must be https in production")
         return self
 
     @model_validator(mode="after")
@@ -190,6 +207,10 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def google_enabled(self) -> bool:
+        return self.google_client_id is not None
 
     @property
     def secure_cookies(self) -> bool:

@@ -26,6 +26,10 @@ from infer.security import passwords
 from infer.security.tokens import SessionSigner
 
 _BAD_CREDENTIALS = "incorrect email or password"
+_GOOGLE_ONLY = (
+    "this account has no password: use Continue with Google, "
+    "or set a password from your account page once signed in"
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ async def log_in(
                 actor_id=user.id if user else None,
                 details={"email": normal},
             )
+        # A Google-only account: the failure is counted like any other, then explained.
+        if user and user.password_hash is None and user.google_subject is not None:
+            raise Unauthenticated(_GOOGLE_ONLY)
         raise Unauthenticated(_BAD_CREDENTIALS)
     async with db.transaction() as session:
         if user.password_hash and passwords.needs_rehash(user.password_hash):
@@ -121,6 +128,18 @@ async def log_in(
             )
         audit.record(session, action="user.logged_in", client=client, actor_id=user.id)
         return await _open_session(session, user, client, signer, policy.session_ttl)
+
+
+async def open_session(
+    session: AsyncSession,
+    *,
+    user: User,
+    client: ClientInfo,
+    signer: SessionSigner,
+    ttl: timedelta,
+) -> LoggedIn:
+    """The session a password log-in opens, for a user another check proved (Google)."""
+    return await _open_session(session, user, client, signer, ttl)
 
 
 async def _open_session(

@@ -54,6 +54,9 @@ class User:
     display_name: str = strawberry.field(
         description="What buyers see of you as a provider: your choice, or a neutral default."
     )
+    google_linked: bool = strawberry.field(
+        description="Whether you can sign in with Google (docs/google-sign-in.md)."
+    )
 
     @classmethod
     def from_model(cls, row: UserRow) -> User:
@@ -62,6 +65,7 @@ class User:
             email=row.email,
             role=row.role.value,
             display_name=profile.display_name(row.id, row.display_name),
+            google_linked=row.google_subject is not None,
         )
 
     balance: Money = strawberry.field(

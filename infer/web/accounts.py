@@ -25,7 +25,7 @@ async def _form_page(
         errors=failed.by_field() if failed else {},
         problems=failed.general() if failed else [],
         ended="next" in web.request.query_params and web.request.method == "GET",
-        google=False,  # Google sign-in is not configured on this platform
+        google=web.resources.settings.google_enabled,
         min_length=MIN_LENGTH,
     )
 

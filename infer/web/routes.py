@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from infer.web import account, accounts, keys, market, operator, overview, usage
+from infer.web import account, accounts, google, keys, market, operator, overview, usage
 from infer.web.templates import STATIC_DIR
 
 routes: list[BaseRoute] = [
@@ -16,5 +16,6 @@ routes: list[BaseRoute] = [
     *market.routes,
     *operator.routes,
     *account.routes,
+    *google.routes,
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
 ]
