@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import re
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from dashboard import Dashboard, Page
+from sqlmodel import col
+
+from infer.db import Database
+from infer.models import ApiKey, UsageRecord, User
 
 SECRET = re.compile(r'id="new-secret"[^>]*value="([^"]+)"')
 KEY_ID = re.compile(r'id="key-([0-9a-f-]{36})"')
@@ -99,6 +106,24 @@ async def test_rotation_with_grace_keeps_the_old_secret_until_it_retires(
     assert "Retiring until" in await dashboard.get("/keys")
 
 
+async def test_a_retiring_key_stops_working_at_its_expiry(
+    dashboard: Dashboard, db: Database
+) -> None:
+    await _signed_up(dashboard)
+    key_id, old = await _create(dashboard)
+    await dashboard.post(f"/keys/{key_id}/rotate", {"gracePeriodSeconds": "604800"})
+    async with db.transaction() as session:  # a week later
+        await session.exec(
+            sa.update(ApiKey)
+            .where(col(ApiKey.id) == uuid.UUID(key_id))
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    assert await _models(dashboard, old) == 401
+    page = await dashboard.get("/keys")
+    assert "Expired" in page
+    assert "Retiring" not in page
+
+
 async def test_rotation_now_ends_the_old_secret(dashboard: Dashboard) -> None:
     await _signed_up(dashboard)
     key_id, old = await _create(dashboard)
@@ -118,6 +143,33 @@ async def test_a_bad_grace_period_is_shown_beside_it(dashboard: Dashboard) -> No
     assert "0 to 604800 seconds" in page
     assert "Retiring" not in page
     assert await _models(dashboard, old) == 200
+
+
+async def test_each_key_shows_its_usage_over_30_days(dashboard: Dashboard, db: Database) -> None:
+    await _signed_up(dashboard)
+    key_id, _ = await _create(dashboard, "busy")
+    await _create(dashboard, "idle")
+    now = datetime.now(UTC)
+    async with db.transaction() as session:
+        buyer = (await session.exec(sa.select(User.id))).one()[0]
+        for n, (cost, age) in enumerate([(1_500_000, 0), (250_000, 3), (9_000_000, 40)]):
+            session.add(
+                UsageRecord(
+                    request_id=f"r{n}",
+                    buyer_id=buyer,
+                    api_key_id=uuid.UUID(key_id),
+                    model="llama3.2",
+                    cost=cost,
+                    status="completed",
+                    created_at=now - timedelta(days=age),
+                )
+            )
+    page = await dashboard.get("/keys")
+    busy = re.search(rf'id="key-{key_id}".*?</dl>', page.html, re.S)
+    assert busy
+    assert "Requests, 30 days</dt><dd>2<" in busy.group(0)
+    assert "Spent, 30 days</dt><dd>$1.75<" in busy.group(0)
+    assert page.html.count("Spent, 30 days</dt><dd>$0.00<") == 1  # the idle key
 
 
 async def test_revoking_with_the_form_ends_the_key_at_once(dashboard: Dashboard) -> None:

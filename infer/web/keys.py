@@ -115,7 +115,7 @@ async def rotate_key(web: Web) -> Response:
         return await _render(web, status=422, failure=failure)
     except OperationFailed as failed:
         return await _render(web, status=_inline_status(failed), failure=failure.add(failed))
-    return await _render(web, issued=data["rotateApiKey"])
+    return await _render(web, issued={**data["rotateApiKey"], "rotated": True})
 
 
 async def revoke_key(web: Web) -> Response:
