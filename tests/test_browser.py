@@ -13,6 +13,7 @@ from browser import (
     REPORT_CSP,
     Complaints,
     Platform,
+    artifact_dir,
     browser_problem,
     platform_settings,
     serve_platform,
@@ -243,3 +244,63 @@ def test_keys_by_keyboard_alone(
     tab_to(page, page.get_by_role("button", name="Log out"))
     page.keyboard.press("Space")
     expect(page).to_have_url(re.compile(r"/login$"))
+
+
+def test_every_page_in_light_and_dark(
+    browser: Browser,
+    platform: Platform,
+    operator: Operator,
+    complaints: Complaints,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = artifact_dir(tmp_path_factory.getbasetemp() / "screenshots")
+    with capsys.disabled():
+        print(f"\nbrowser screenshots: {folder}")
+    email = "shots@example.com"
+    key = platform.sign_up(email)
+    platform.grant(email, 5_000_000)
+    platform.complete(key, MODEL)
+    with serve_simulator_in_thread(SimulatorConfig(models=(MODEL,), seed=5)) as own:
+        node_id = platform.register_node(key, endpoint=own, name="shots-gpu", model=MODEL)
+        anonymous = {
+            "login": "/login",
+            "signup": "/signup",
+            "models": "/marketplace",
+            "providers": "/marketplace?view=providers",
+            "model": f"/marketplace/models/{MODEL}",
+            "provider": f"/marketplace/providers/{operator.id}",
+        }
+        signed_in = {
+            "overview": "/",
+            "usage": "/usage",
+            "keys": "/keys",
+            "models": "/marketplace",
+            "provider": f"/marketplace/providers/{operator.id}",
+            "nodes": "/nodes",
+            "node": f"/nodes/{node_id}",
+            "earnings": "/earnings",
+            "notifications": "/notifications",
+            "account": "/account",
+        }
+        for scheme in ("light", "dark"):
+            page = open_page(browser, complaints, scheme=scheme)
+            shoot(page, platform.url, anonymous, folder / f"{scheme}-anonymous")
+            page.goto(f"{platform.url}/login")
+            page.get_by_label("Email").fill(email)
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Log in").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text("Overview")
+            shoot(page, platform.url, signed_in, folder / scheme)
+            page.context.close()
+
+
+def shoot(page: Page, base: str, paths: dict[str, str], prefix: Path) -> None:
+    """A full-page screenshot of each path, which must answer 200 with a heading."""
+    for name, path in paths.items():
+        response = page.goto(base + path)
+        assert response is not None, path
+        assert response.status == 200, (path, response.status)
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=f"{prefix}-{name}.png", full_page=True)
