@@ -98,6 +98,7 @@ async def test_rotation_with_grace_keeps_the_old_secret_until_it_retires(
     page = await dashboard.post(f"/keys/{key_id}/rotate", {"gracePeriodSeconds": "3600"})
     assert page.status == 200
     assert "will not be shown again" in page
+    assert "New secret for “laptop”" in page
     match = SECRET.search(page.html)
     assert match
     assert match.group(1) != old
@@ -127,8 +128,10 @@ async def test_a_retiring_key_stops_working_at_its_expiry(
 async def test_rotation_now_ends_the_old_secret(dashboard: Dashboard) -> None:
     await _signed_up(dashboard)
     key_id, old = await _create(dashboard)
-    page = await dashboard.post(f"/keys/{key_id}/rotate", {"gracePeriodSeconds": "0"})
+    page = await dashboard.post(f"/keys/{key_id}/rotate", {"gracePeriodSeconds": "0"}, htmx=True)
     assert page.status == 200
+    assert "<html" not in page.html
+    assert SECRET.search(page.html)
     assert await _models(dashboard, old) == 401
     assert "Revoked" in await dashboard.get("/keys")
 
