@@ -20,7 +20,7 @@ async def test_sign_up_lands_on_the_overview_with_the_header(dashboard: Dashboar
     overview = await dashboard.get("/")
     assert overview.status == 200
     assert "Overview" in overview
-    assert "ada@example.com" in overview
+    assert 'title="ada@example.com"' in overview.html
     assert "$0.00" in overview
     assert overview.response.headers["vary"].startswith("HX-Request")
 
@@ -127,3 +127,13 @@ async def test_a_browser_gets_a_page_for_an_unknown_address(client: httpx.AsyncC
     assert "<html" in page.text
     api = await client.get("/api/v1/nope", headers={"Accept": "text/html"})
     assert api.json()["error"]["code"] == "unknown_url"
+
+
+async def test_the_log_in_page_says_when_a_session_has_ended(
+    dashboard: Dashboard, client: httpx.AsyncClient
+) -> None:
+    assert "ended" not in (await dashboard.get("/usage")).response.headers["location"]
+    client.cookies.set("infer_session", "a.session.that.ended")
+    page = await dashboard.get("/usage")
+    assert page.response.headers["location"] == "/login?next=%2Fusage&ended=1"
+    assert "Your session has ended" in await dashboard.get(page.response.headers["location"])

@@ -24,7 +24,7 @@ async def _form_page(
         next=next_,
         errors=failed.by_field() if failed else {},
         problems=failed.general() if failed else [],
-        ended="next" in web.request.query_params and web.request.method == "GET",
+        ended=web.request.query_params.get("ended") == "1",
         google=web.resources.settings.google_enabled,
         min_length=MIN_LENGTH,
     )

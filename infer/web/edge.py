@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from infer.accounts.principal import Principal
-from infer.authentication import session_principal
+from infer.authentication import SESSION_COOKIE, session_principal
 from infer.errors import InferError
 from infer.outages import database_unavailable, unavailable
 from infer.resources import Resources
@@ -149,7 +149,10 @@ class Web:
         here = url.path + (f"?{url.query}" if url.query else "")
         if self.request.method != "GET":
             here = urlsplit(self.request.headers.get("referer", "")).path
-        return self.redirect("/login?" + urlencode({"next": safe_next(here)}))
+        query = {"next": safe_next(here)}
+        if SESSION_COOKIE in self.request.cookies:
+            query["ended"] = "1"  # it came with a session that no longer counts
+        return self.redirect("/login?" + urlencode(query))
 
     async def _header(self) -> dict[str, Any] | None:
         if self.principal is None:
