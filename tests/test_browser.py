@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from browser import (
@@ -27,7 +28,7 @@ if (_problem := browser_problem()) is not None:
         pytest.fail(f"browser tests cannot run: {_problem}", pytrace=False)
     pytest.skip(f"browser tests cannot run: {_problem}", allow_module_level=True)
 
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 pytestmark = pytest.mark.timeout(240)
 MODEL = "llama3.2:1b"
@@ -83,13 +84,23 @@ def complaints() -> Iterator[Complaints]:
     found.assert_none()
 
 
-def open_page(browser: Browser, complaints: Complaints, *, scheme: str = "light") -> Page:
-    context = browser.new_context(color_scheme=scheme, viewport={"width": 1280, "height": 900})  # type: ignore[arg-type]
-    context.add_init_script(REPORT_CSP)
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    complaints.watch(page)
-    return page
+@pytest.fixture
+def new_page(browser: Browser, complaints: Complaints) -> Iterator[Callable[..., Page]]:
+    """Opens a page in a fresh context (light or dark) whose complaints are collected."""
+    contexts: list[BrowserContext] = []
+
+    def open_page(scheme: Literal["light", "dark"] = "light") -> Page:
+        context = browser.new_context(color_scheme=scheme, viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        context.add_init_script(REPORT_CSP)
+        context.set_default_timeout(10_000)
+        page = context.new_page()
+        complaints.watch(page)
+        return page
+
+    yield open_page
+    for context in contexts:  # before the complaints are counted: nothing more arrives
+        context.close()
 
 
 def nav(page: Page, name: str) -> None:
@@ -97,9 +108,9 @@ def nav(page: Page, name: str) -> None:
 
 
 def test_a_buyer_and_seller_by_mouse(
-    browser: Browser, platform: Platform, operator: Operator, complaints: Complaints
+    new_page: Callable[..., Page], platform: Platform, operator: Operator
 ) -> None:
-    page = open_page(browser, complaints)
+    page = new_page()
     email = "mouse@example.com"
 
     page.goto(f"{platform.url}/signup")
@@ -186,12 +197,12 @@ def assert_focus_visible(page: Page) -> None:
 
 
 def test_keys_by_keyboard_alone(
-    browser: Browser, platform: Platform, complaints: Complaints
+    new_page: Callable[..., Page], platform: Platform, complaints: Complaints
 ) -> None:
     email = "keyboard@example.com"
     platform.sign_up(email)
     complaints.expect_status(422)  # a wrong password, an empty key name
-    page = open_page(browser, complaints)
+    page = new_page()
     page.goto(f"{platform.url}/login")
 
     # The email field has the focus on arrival; a wrong password brings it back there.
@@ -246,10 +257,9 @@ def test_keys_by_keyboard_alone(
 
 
 def test_every_page_in_light_and_dark(
-    browser: Browser,
+    new_page: Callable[..., Page],
     platform: Platform,
     operator: Operator,
-    complaints: Complaints,
     tmp_path_factory: pytest.TempPathFactory,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -283,7 +293,7 @@ def test_every_page_in_light_and_dark(
             "account": "/account",
         }
         for scheme in ("light", "dark"):
-            page = open_page(browser, complaints, scheme=scheme)
+            page = new_page(scheme)
             shoot(page, platform.url, anonymous, folder / f"{scheme}-anonymous")
             page.goto(f"{platform.url}/login")
             page.get_by_label("Email").fill(email)
@@ -291,7 +301,6 @@ def test_every_page_in_light_and_dark(
             page.get_by_role("button", name="Log in").click()
             expect(page.get_by_role("heading", level=1)).to_have_text("Overview")
             shoot(page, platform.url, signed_in, folder / scheme)
-            page.context.close()
 
 
 def shoot(page: Page, base: str, paths: dict[str, str], prefix: Path) -> None:
