@@ -17,6 +17,7 @@ DONE = {
     "description": "Description saved.",
     "password": "Password changed; your other sessions have ended.",
     "session": "Session ended; that browser is signed out.",
+    "google": "Google account linked: you can now sign in with Google.",
 }
 # The audit log's actions in words; an action not listed shows as the API names it.
 ACTIONS = {
@@ -25,6 +26,7 @@ ACTIONS = {
     "user.logged_out": "Logged out",
     "user.login_failed": "Failed log-in",
     "user.password_changed": "Password changed",
+    "user.google_linked": "Google account linked",
     "user.display_name_set": "Display name set",
     "user.description_set": "Description set",
     "session.end": "Session ended",
@@ -110,6 +112,7 @@ async def _render(
         notice=DONE.get(done or ""),
         min_length=MIN_LENGTH,
         actions=ACTIONS,
+        google=web.resources.settings.google_enabled,
         short_agent=short_agent,
     )
 

@@ -131,10 +131,16 @@ async def _start(web: Web, **flow: Any) -> Response:
         log.warning("google sign-in: provider unusable at start (%s)", type(exc).__name__)
         return await web.failure(502, UNREACHABLE)
     flow["session"] = web.request.scope["session"]
-    _cookie(
-        web, FlowCookie(web.resources.settings.secret("secret_key")).seal(flow, now=time.time())
-    )
-    return web.redirect(started.headers["location"])
+    flows = FlowCookie(web.resources.settings.secret("secret_key"))
+    _cookie(web, flows.seal(flow, now=time.time()))
+    url = started.headers["location"]
+    if web.request.method == "GET":
+        return web.redirect(url)
+    # The pages' CSP (form-action 'self') stops a form's redirect to another site: a page
+    # answers the form and sends the browser on (Refresh header, or its link without it).
+    page = await web.page("google_continue.html", url=url)
+    page.headers["refresh"] = f"0; url={url}"
+    return page
 
 
 async def log_in(web: Web) -> Response:
@@ -216,7 +222,7 @@ async def _finish(web: Web, flow: dict[str, Any], identity: accounts.GoogleIdent
             log.warning("google link refused: not the user who started it")
             return await web.failure(403, RELINK)
         await accounts.link(resources.db, principal=web.principal, identity=identity, client=client)
-        return web.redirect("/account")
+        return web.redirect("/account?done=google")
     logged_in = await accounts.sign_in(
         resources.db,
         identity=identity,
