@@ -26,10 +26,7 @@ from infer.security import passwords
 from infer.security.tokens import SessionSigner
 
 _BAD_CREDENTIALS = "incorrect email or password"
-_GOOGLE_ONLY = (
-    "this account has no password: use Continue with Google, "
-    "or set a password from your account page once signed in"
-)
+_GOOGLE_ONLY = "this account has no password: sign in with Continue with Google"
 
 
 @dataclass(frozen=True)
