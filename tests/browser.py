@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import os
 import shutil
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,8 +153,17 @@ class Platform:
 
 @contextlib.contextmanager
 def serve_platform(settings: Settings) -> Iterator[Platform]:
-    with serve_in_thread(create_app(settings), lifespan="on") as url:
+    """Serves the platform at its public URL, so pages show the address it really has."""
+    port = free_port()
+    settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})
+    with serve_in_thread(create_app(settings), lifespan="on", port=port) as url:
         yield Platform(url=url, settings=settings)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass
