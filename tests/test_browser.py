@@ -60,8 +60,7 @@ def simulator() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def operator(platform: Platform, simulator: str) -> Operator:
-    email = "seller@example.com"
-    key = platform.sign_up(email)
+    key = platform.sign_up("seller@example.com")
     node_id = platform.register_node(key, endpoint=simulator, name="seller-gpu", model=MODEL)
     provider_id = platform.user_id(key)
     name = platform.graphql(PROVIDER_NAME, {"id": provider_id})["provider"]["name"]
@@ -292,15 +291,24 @@ def test_every_page_in_light_and_dark(
             "notifications": "/notifications",
             "account": "/account",
         }
+        seller = {"earnings": "/earnings", "node": f"/nodes/{operator.node_id}"}
         for scheme in ("light", "dark"):
             page = new_page(scheme)
             shoot(page, platform.url, anonymous, folder / f"{scheme}-anonymous")
-            page.goto(f"{platform.url}/login")
-            page.get_by_label("Email").fill(email)
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Log in").click()
-            expect(page.get_by_role("heading", level=1)).to_have_text("Overview")
+            log_in(page, platform.url, email)
             shoot(page, platform.url, signed_in, folder / scheme)
+            # The seller's own pages, with the requests its node has served.
+            page = new_page(scheme)
+            log_in(page, platform.url, "seller@example.com")
+            shoot(page, platform.url, seller, folder / f"{scheme}-seller")
+
+
+def log_in(page: Page, base: str, email: str) -> None:
+    page.goto(f"{base}/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Overview")
 
 
 def shoot(page: Page, base: str, paths: dict[str, str], prefix: Path) -> None:
