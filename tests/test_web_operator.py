@@ -256,16 +256,16 @@ async def test_marking_notifications_read_lowers_the_header_count(
     await register(dashboard, runtime, name="desk")
     await register(dashboard, runtime, name="attic")
     page = await dashboard.get("/notifications")
-    assert 'aria-label="2 unread"' in page.html
+    assert "2 unread" in page
     assert "Node attic is online" in page
     assert "Node desk is online" in page
     assert page.text.index("Node attic") < page.text.index("Node desk")  # newest first
     one = re.search(r'action="(/notifications/[0-9a-f-]{36}/read)"', page.html)
     assert one
     assert (await dashboard.post(one.group(1))).status == 303
-    assert 'aria-label="1 unread"' in (await dashboard.get("/notifications")).html
+    assert "1 unread" in await dashboard.get("/notifications")
     done = await dashboard.post("/notifications/read", htmx=True)
     assert done.response.headers["hx-redirect"] == "/notifications"
     after = await dashboard.get("/notifications")
-    assert 'unread"' not in after.html
+    assert " unread" not in after.text
     assert "All read." in after

@@ -180,7 +180,7 @@ async def end_session(web: Web) -> Response:
     ending_this = _is_this_session(web, session_id)
     await web.run("AccountEndSession", id=session_id)  # another's or a gone one: 404
     if ending_this:
-        return web.redirect("/login?next=%2Faccount")  # signed out: the page says so
+        return web.redirect("/login?next=%2Faccount&ended=1")  # signed out: the page says so
     if web.is_htmx:
         return await _render(web, block="sessions", done="session")
     return web.redirect("/account?done=session#sessions")
