@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -43,6 +44,7 @@ STATUS_OF = {
     "INTERNAL_SERVER_ERROR": 500,
 }
 FORGED = "This form came from another site, or its page is too old. Reload the page and try again."
+UNREADABLE = "The form could not be read (malformed, or too many fields). Reload and try again."
 ALERTS = "#alerts"  # the element of every page where htmx requests show their failures
 
 View = Callable[["Web"], Awaitable[Response]]
@@ -196,6 +198,10 @@ def view(handler: View, *, signed_in: bool = True) -> Callable[[Request], Awaita
             return await web.failure(STATUS_OF.get(failed.code, 400), str(failed))
         except InferError as error:
             return await web.failure(error.status, error.message)
+        except HTTPException as exc:
+            if exc.status_code != 400:
+                raise
+            return await web.failure(400, UNREADABLE)  # Starlette could not parse the body
         except Exception as exc:
             if not database_unavailable(exc):
                 raise

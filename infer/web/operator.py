@@ -15,16 +15,22 @@ from infer.web.templates import money
 
 DAYS = 30
 MAX_DAYS = 366
+# Dates a report can be about; beyond them the range's arithmetic would overflow.
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2999, 12, 31)
 
 
 def _day(text: str | None, field: str, errors: dict[str, str]) -> date | None:
     if not text:
         return None
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         errors[field] = "Write a date as YYYY-MM-DD."
         return None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        errors[field] = f"Write a date from {FIRST_DAY} to {LAST_DAY}."
+        return None
+    return day
 
 
 def date_range(query: dict[str, str], *, today: date) -> tuple[date, date, dict[str, str]]:

@@ -21,6 +21,8 @@ from infer.web.templates import money, parse_time
 
 DAYS = 30  # the default range, ending today
 MAX_DAYS = 366
+# Dates a report can be about; beyond them the range's arithmetic would overflow.
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2999, 12, 31)
 PAGE_SIZE = 50
 EXPORT_LIMIT = 10_000  # rows in one CSV: a year of heavy use is a job for the API
 PROVIDER_LOOKUPS = 20  # names looked up beyond those on the page
@@ -78,10 +80,14 @@ def _day(raw: str, default: date, name: str, errors: dict[str, str]) -> date:
     if not raw:
         return default
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         errors[name] = "Give a date as YYYY-MM-DD."
         return default
+    if not FIRST_DAY <= day <= LAST_DAY:
+        errors[name] = f"Give a date from {FIRST_DAY} to {LAST_DAY}."
+        return default
+    return day
 
 
 def parse_filters(params: QueryParams, *, today: date) -> Filters:

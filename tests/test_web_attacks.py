@@ -1,0 +1,58 @@
+"""The dashboard under attack: hostile input, forged requests, other people's ids."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from dashboard import Dashboard
+
+
+@pytest.fixture
+def dashboard(client: httpx.AsyncClient) -> Dashboard:
+    return Dashboard(client)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/usage?to=9999-12-31",
+        "/usage?from=0001-01-01&to=0001-01-02",
+        "/usage?to=0001-01-03",
+        "/usage.csv?to=9999-12-31",
+        "/earnings?to=9999-12-31",
+        "/earnings?to=0001-01-02",
+        "/earnings?from=9999-12-31",
+    ],
+)
+async def test_dates_at_the_ends_of_the_calendar_are_refused_beside_the_filter(
+    dashboard: Dashboard, path: str
+) -> None:
+    await dashboard.sign_up("ada@example.com")
+    page = await dashboard.get(path)
+    assert page.status == 422
+    assert page.response.headers["content-type"].startswith("text/html")
+    assert 'aria-invalid="true"' in page.html
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("&".join(f"f{i}=1" for i in range(1200)), "application/x-www-form-urlencoded"),
+        ("garbage", "multipart/form-data; boundary=zz"),
+        ("garbage", "multipart/form-data"),
+    ],
+)
+async def test_a_form_the_server_cannot_read_gets_a_page_and_changes_nothing(
+    dashboard: Dashboard, client: httpx.AsyncClient, body: str, content_type: str
+) -> None:
+    await dashboard.sign_up("ada@example.com")
+    await dashboard.get("/keys")
+    response = await client.post(
+        "/keys",
+        content=f"name=sneaky&csrf_token={dashboard.token}&{body}",
+        headers={"content-type": content_type, "accept": "text/html"},
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/html")
+    assert "could not be read" in response.text
+    assert "sneaky" not in (await dashboard.get("/keys")).text
