@@ -74,6 +74,12 @@ def number(value: float | int | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def count(value: int | None, noun: str, plural: str | None = None) -> str:
+    """1 → "1 request", 1200 → "1,200 requests"."""
+    amount = value or 0
+    return f"{amount:,} {noun if amount == 1 else plural or noun + 's'}"
+
+
 def percent(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.1f} %"
 
@@ -95,7 +101,13 @@ class Templates:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            money=money, when=when, ago=ago, number=number, percent=percent, ms=milliseconds
+            money=money,
+            when=when,
+            ago=ago,
+            number=number,
+            count=count,
+            percent=percent,
+            ms=milliseconds,
         )
         # Each _name.html holds macros, reachable everywhere as `name` (forms.field(…)):
         # an {% import %} would not reach blocks rendered on their own for htmx.
