@@ -1,4 +1,4 @@
-"""Sign-up, log-in with throttling, server-side sessions, log-out and password change."""
+"""Sign-up, log-in with throttling, server-side sessions, log-out, password change and set."""
 
 from __future__ import annotations
 
@@ -19,14 +19,18 @@ from infer.accounts.throttle import LoginLimits, address_key, count_failure, ref
 from infer.audit import ClientInfo
 from infer.billing.ledger import open_user_account
 from infer.db import Database
-from infer.errors import BadInput, Conflict, Unauthenticated
+from infer.errors import BadInput, Conflict, Forbidden, Unauthenticated
 from infer.models import Session, User, utcnow
 from infer.ratelimit import RateLimiter
 from infer.security import passwords
 from infer.security.tokens import SessionSigner
 
 _BAD_CREDENTIALS = "incorrect email or password"
-_GOOGLE_ONLY = "this account has no password: sign in with Continue with Google"
+_GOOGLE_ONLY = (
+    "this account has no password: sign in with Continue with Google, "
+    "then set a password from your account page if you want one"
+)
+_ALREADY_SET = "this account has a password: change it with your current one"
 
 
 @dataclass(frozen=True)
@@ -200,21 +204,67 @@ async def change_password(
     """Replace the password, end every session of the user, and open a fresh one."""
     passwords.check_policy(new_password)
     async with db.transaction() as session:
-        user = await session.get(User, principal.user_id)
+        user = await _own_user(session, principal)
         stored_hash = user.password_hash if user else None
         ok = await asyncio.to_thread(passwords.verify_password, stored_hash, current_password)
         if user is None or not ok:
             raise Unauthenticated("the current password is not correct")
-        user.password_hash = await asyncio.to_thread(passwords.hash_password, new_password)
-        user.password_changed_at = utcnow()
-        session.add(user)
-        await session.exec(
-            sa.update(Session)
-            .where(col(Session.user_id) == user.id, col(Session.revoked_at).is_(None))
-            .values(revoked_at=utcnow())
+        return await _replace_password(
+            session, user, new_password, "user.password_changed", client, signer, session_ttl
         )
-        audit.record(session, action="user.password_changed", client=client, actor_id=user.id)
-        return await _open_session(session, user, client, signer, session_ttl)
+
+
+async def set_password(
+    db: Database,
+    *,
+    principal: Principal,
+    new_password: str,
+    client: ClientInfo,
+    signer: SessionSigner,
+    session_ttl: timedelta,
+) -> LoggedIn:
+    """Give an account without a password (made through Google) one; then as a change."""
+    if principal.session_id is None:
+        # Without a current password to prove, only a person signed in may choose one.
+        raise Forbidden("set a password from a signed-in session, not with an API key")
+    async with db.transaction() as session:
+        user = await _own_user(session, principal)
+        if user is None:
+            raise Unauthenticated("your session has ended; log in again")
+        if user.password_hash is not None:
+            raise Conflict(_ALREADY_SET)
+        passwords.check_policy(new_password)
+        return await _replace_password(
+            session, user, new_password, "user.password_set", client, signer, session_ttl
+        )
+
+
+async def _own_user(session: AsyncSession, principal: Principal) -> User | None:
+    # Locked (PostgreSQL): two password changes at once run one after the other.
+    query = select(User).where(User.id == principal.user_id).with_for_update()
+    return (await session.exec(query)).first()
+
+
+async def _replace_password(
+    session: AsyncSession,
+    user: User,
+    new_password: str,
+    action: str,
+    client: ClientInfo,
+    signer: SessionSigner,
+    ttl: timedelta,
+) -> LoggedIn:
+    """Store the new password, end every session of the user, and open a fresh one."""
+    user.password_hash = await asyncio.to_thread(passwords.hash_password, new_password)
+    user.password_changed_at = utcnow()
+    session.add(user)
+    await session.exec(
+        sa.update(Session)
+        .where(col(Session.user_id) == user.id, col(Session.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    audit.record(session, action=action, client=client, actor_id=user.id)
+    return await _open_session(session, user, client, signer, ttl)
 
 
 async def user_by_id(db: Database, user_id: uuid.UUID) -> User | None:

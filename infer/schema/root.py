@@ -50,6 +50,13 @@ class Mutation:
         resolver=user.change_password,
         description="Replace the password; every other session ends.",
     )
+    set_password: user.User = strawberry.mutation(
+        resolver=user.set_password,
+        description=(
+            "Give an account without a password (made through Google) one, from a signed-in"
+            " session; every other session ends."
+        ),
+    )
     set_display_name: user.User = strawberry.mutation(
         resolver=user.set_display_name,
         description="Choose the name buyers see for you as a provider (unique in any case).",

@@ -57,6 +57,9 @@ class User:
     google_linked: bool = strawberry.field(
         description="Whether you can sign in with Google (docs/google-sign-in.md)."
     )
+    has_password: bool = strawberry.field(
+        description="Whether you can log in with a password; without one, `setPassword` sets it."
+    )
 
     @classmethod
     def from_model(cls, row: UserRow) -> User:
@@ -66,6 +69,7 @@ class User:
             role=row.role.value,
             display_name=profile.display_name(row.id, row.display_name),
             google_linked=row.google_subject is not None,
+            has_password=row.password_hash is not None,
         )
 
     balance: Money = strawberry.field(
@@ -217,6 +221,20 @@ async def change_password(
         ctx.resources.db,
         principal=require_principal(info),
         current_password=current_password,
+        new_password=new_password,
+        client=ctx.client,
+        signer=ctx.resources.signer,
+        session_ttl=ctx.resources.login_policy.session_ttl,
+    )
+    set_session_cookie(ctx.response, ctx.resources.settings, logged_in)
+    return User.from_model(logged_in.user)
+
+
+async def set_password(info: Info[Context, Any], new_password: str) -> User:
+    ctx = info.context
+    logged_in = await service.set_password(
+        ctx.resources.db,
+        principal=require_principal(info),
         new_password=new_password,
         client=ctx.client,
         signer=ctx.resources.signer,

@@ -16,6 +16,7 @@ DONE = {
     "name": "Display name saved.",
     "description": "Description saved.",
     "password": "Password changed; your other sessions have ended.",
+    "password-set": "Password set: you can now log in with your email and this password.",
     "session": "Session ended; that browser is signed out.",
     "google": "Google account linked: you can now sign in with Google.",
 }
@@ -26,6 +27,7 @@ ACTIONS = {
     "user.logged_out": "Logged out",
     "user.login_failed": "Failed log-in",
     "user.password_changed": "Password changed",
+    "user.password_set": "Password set",
     "user.google_linked": "Google account linked",
     "user.display_name_set": "Display name set",
     "user.description_set": "Description set",
@@ -153,19 +155,30 @@ async def set_description(web: Web) -> Response:
 
 async def change_password(web: Web) -> Response:
     form = await web.form()
+    current = form.get("current_password", "")
+    return await _new_password(
+        web, form, "AccountChangePassword", "password", currentPassword=current
+    )
+
+
+async def set_password(web: Web) -> Response:
+    # An account made through Google has no current password to give.
+    return await _new_password(web, await web.form(), "AccountSetPassword", "password-set")
+
+
+async def _new_password(
+    web: Web, form: dict[str, str], operation: str, done: str, **variables: str
+) -> Response:
+    """Both password forms: the repeat must match, then the API checks the rest."""
     new = form.get("new_password", "")
     if new != form.get("repeat_password", ""):
         errors = {"repeat_password": "the two new passwords are not the same"}
         return await _render(web, block="password", status=422, errors=errors)
     try:
-        await web.run(
-            "AccountChangePassword",
-            currentPassword=form.get("current_password", ""),
-            newPassword=new,
-        )
+        await web.run(operation, newPassword=new, **variables)
     except OperationFailed as failed:
         return await _refused(web, "password", {}, failed)
-    return web.redirect("/account?done=password")
+    return web.redirect(f"/account?done={done}")
 
 
 def _is_this_session(web: Web, session_id: str) -> bool:
@@ -191,5 +204,6 @@ routes = [
     Route("/account/name", view(set_display_name), methods=["POST"]),
     Route("/account/description", view(set_description), methods=["POST"]),
     Route("/account/password", view(change_password), methods=["POST"]),
+    Route("/account/password/set", view(set_password), methods=["POST"]),
     Route("/account/sessions/{id}/end", view(end_session), methods=["POST"]),
 ]
