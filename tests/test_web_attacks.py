@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from dashboard import Dashboard
+from dashboard import PASSWORD, Dashboard
 
 
 @pytest.fixture
@@ -56,3 +56,17 @@ async def test_a_form_the_server_cannot_read_gets_a_page_and_changes_nothing(
     assert response.headers["content-type"].startswith("text/html")
     assert "could not be read" in response.text
     assert "sneaky" not in (await dashboard.get("/keys")).text
+
+
+@pytest.mark.parametrize("htmx", [False, True])
+async def test_a_next_path_beyond_latin_1_is_followed_encoded(
+    dashboard: Dashboard, htmx: bool
+) -> None:
+    await dashboard.get("/signup")
+    page = await dashboard.post(
+        "/signup",
+        {"email": "ada@example.com", "password": PASSWORD, "next": "/marketplace?search=中文"},
+        htmx=htmx,
+    )
+    header = "hx-redirect" if htmx else "location"
+    assert page.response.headers[header] == "/marketplace?search=%E4%B8%AD%E6%96%87"

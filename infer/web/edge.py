@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -45,6 +45,7 @@ STATUS_OF = {
 }
 FORGED = "This form came from another site, or its page is too old. Reload the page and try again."
 UNREADABLE = "The form could not be read (malformed, or too many fields). Reload and try again."
+URL_SAFE = ":/%#?=@[]!$&'()*+,;"  # what Starlette's RedirectResponse leaves unquoted
 ALERTS = "#alerts"  # the element of every page where htmx requests show their failures
 
 View = Callable[["Web"], Awaitable[Response]]
@@ -127,6 +128,7 @@ class Web:
     def redirect(self, url: str) -> Response:
         """Post / redirect / get; htmx follows the same redirect as a full navigation."""
         if self.is_htmx:
+            url = quote(url, safe=URL_SAFE)  # a header is latin-1: encode as Location is
             headers = {"HX-Redirect": url}
             # htmx sets location.href; to this very page with a #fragment that only scrolls.
             here = urlsplit(self.request.headers.get("hx-current-url", ""))
