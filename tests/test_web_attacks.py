@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from dashboard import PASSWORD, Dashboard
+from test_gateway import REGISTER, Market, market, platform_settings
+
+from infer.simulator import SimulatorConfig, serve_simulator_in_thread
+
+__all__ = ["market", "platform_settings"]  # fixtures shared with test_gateway
 
 
 @pytest.fixture
@@ -70,3 +77,33 @@ async def test_a_next_path_beyond_latin_1_is_followed_encoded(
     )
     header = "hx-redirect" if htmx else "location"
     assert page.response.headers[header] == "/marketplace?search=%E4%B8%AD%E6%96%87"
+
+
+async def test_a_model_named_with_dot_segments_links_to_its_own_page(market: Market) -> None:
+    """A runtime may report `../../keys`; a browser would resolve the link to /keys."""
+    name = "../../keys:latest"
+    with serve_simulator_in_thread(SimulatorConfig(models=("../../keys",))) as runtime:
+        variables = {
+            "input": {
+                "name": "n1",
+                "runtime": "OLLAMA",
+                "endpoint": runtime,
+                "prices": [{"model": name, "inputPerMillion": "1", "outputPerMillion": "2"}],
+            }
+        }
+        response = await market.http.post(
+            "/graphql",
+            json={"query": REGISTER, "variables": variables},
+            headers={"Authorization": f"Bearer {market.operator_key}"},
+        )
+        assert response.json()["data"]["registerNode"]["status"] == "ONLINE", response.text
+        async with httpx.AsyncClient(base_url=market.url) as http:
+            catalogue = await Dashboard(http).get("/marketplace")
+            hrefs = re.findall(r'href="(/marketplace/models/[^"]*)"', catalogue.html)
+            assert len(hrefs) == 1
+            # Where a browser goes: dot segments resolved as the URL standard says.
+            target = httpx.URL(market.url).join(hrefs[0])
+            assert target.path.startswith("/marketplace/models/")
+            page = await Dashboard(http).get(target.raw_path.decode())
+    assert page.status == 200
+    assert name in page
