@@ -36,13 +36,18 @@ async def log_in_page(web: Web) -> Response:
     return await _form_page(web, "login.html", "login_form")
 
 
-async def log_in(web: Web) -> Response:
+async def _submit(web: Web, operation: str, template: str, block: str) -> Response:
+    """Sign up or log in with the form's email and password, then go where `next` says."""
     form = await web.form()
     try:
-        await web.run("LogIn", email=form.get("email", ""), password=form.get("password", ""))
+        await web.run(operation, email=form.get("email", ""), password=form.get("password", ""))
     except OperationFailed as failed:
-        return await _form_page(web, "login.html", "login_form", failed=failed)
+        return await _form_page(web, template, block, failed=failed)
     return web.redirect(safe_next(form.get("next")))
+
+
+async def log_in(web: Web) -> Response:
+    return await _submit(web, "LogIn", "login.html", "login_form")
 
 
 async def sign_up_page(web: Web) -> Response:
@@ -52,12 +57,7 @@ async def sign_up_page(web: Web) -> Response:
 
 
 async def sign_up(web: Web) -> Response:
-    form = await web.form()
-    try:
-        await web.run("SignUp", email=form.get("email", ""), password=form.get("password", ""))
-    except OperationFailed as failed:
-        return await _form_page(web, "signup.html", "signup_form", failed=failed)
-    return web.redirect(safe_next(form.get("next")))
+    return await _submit(web, "SignUp", "signup.html", "signup_form")
 
 
 async def log_out(web: Web) -> Response:
