@@ -131,15 +131,13 @@ def platform_env(database_url: str, redis: bool, workdir: Path) -> dict[str, str
     }
 
 
-def fresh_database(*, sqlite: bool, workdir: Path) -> str:
-    """A new, migrated database; its SQLAlchemy URL."""
+def fresh_database(*, sqlite: bool, workdir: Path, name: str = "infer_bench") -> str:
+    """A new, migrated database (PostgreSQL's named `name`); its SQLAlchemy URL."""
     if sqlite:
         url = f"sqlite+aiosqlite:///{workdir / 'infer_bench.db'}"
         upgrade_database(url)
         return url
     import asyncpg
-
-    name = "infer_bench"
 
     async def recreate() -> None:
         connection = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)

@@ -1,0 +1,183 @@
+"""One run: the servers, the market grown step by step, each step measured, the books."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from gatewaybench.calls import Target
+from gatewaybench.cpu import CpuMeter
+from gatewaybench.errors import BenchError
+from gatewaybench.lean import LeanPool
+from gatewaybench.load import Load, Tally
+from gatewaybench.market import MODEL, set_up, wait_for_settlements
+from gatewaybench.processes import (
+    PG_URL,
+    Service,
+    forget_redis_keys,
+    free_port,
+    fresh_database,
+    platform_env,
+    services,
+)
+
+from infer.db import Database
+
+from .books import verify_books
+from .nodes import grow, operator_ids, sign_up_operators
+from .options import Options, parse_options
+from .plans import plan_microseconds
+from .report import Step, progress, report
+from .watch import Nodes, Sweep, sweep, worst_lateness
+
+PYTHON = [sys.executable, "-m", "infer.cli"]
+WINDOW = 1.25  # x the interval watched after a sweep: a node later than 1.2 x shows
+
+
+@contextlib.contextmanager
+def more_simulators(count: int, env: dict[str, str], workdir: Path) -> Iterator[list[str]]:
+    """Simulators beyond the one `services` starts; their URLs."""
+    started: list[Service] = []
+    urls = []
+    try:
+        for index in range(count):
+            port = free_port()
+            argv = [*PYTHON, "node", "simulate", "--port", str(port), "--model", MODEL]
+            started.append(Service(f"simulator{index + 2}", argv, env, workdir))
+            urls.append(f"http://127.0.0.1:{port}")
+        for service, url in zip(started, urls, strict=True):
+            service.wait_ready(url + "/api/version")
+        yield urls
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+class Market:
+    """The running market and what measures it; `step` grows it and measures one size."""
+
+    def __init__(
+        self, options: Options, db: Database, nodes: Nodes, cpu: CpuMeter, infer: Target
+    ) -> None:
+        self.options, self.db, self.nodes, self.cpu, self.infer = options, db, nodes, cpu, infer
+        self.pool = LeanPool(size=max(options.requests))
+        self.tally = Tally()
+
+    async def step(self, size: int, platform_url: str, platform_pid: int) -> Step:
+        options = self.options
+        sessions, started = await self.cpu.sessions(), time.perf_counter()
+        swept: Sweep = await sweep(
+            self.nodes,
+            platform_url,
+            platform_pid,
+            limit=options.sweep_limit,
+            min_probe=options.min_probe_seconds,
+        )
+        # Lateness shows once every node has had the time to fall due again; after a
+        # sweep that did not finish, the nodes it left are later than the limit already.
+        window = WINDOW * options.interval if not swept.unchecked else 0.0
+        window_end = time.perf_counter() + window
+        watched = asyncio.Event()
+        lateness = asyncio.create_task(worst_lateness(self.nodes, watched))
+        rows = {}
+        try:
+            for concurrency, count in options.requests.items():
+                load = Load(
+                    {"lean": self.pool},
+                    self.cpu,
+                    self.tally,
+                    warmup=options.warmup,
+                    seconds=options.row_seconds,
+                    max_requests=count,
+                )
+                rows[concurrency] = await load.measure(
+                    self.infer, stream=False, concurrency=concurrency, client="lean"
+                )
+            await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
+        finally:
+            watched.set()
+            worst = await lateness
+        opened = await self.cpu.sessions() - sessions
+        elapsed = time.perf_counter() - started
+        return Step(
+            nodes=size,
+            rows=rows,
+            plan_us=await plan_microseconds(self.db, options.plans),
+            sweep=swept,
+            lateness_s=worst,
+            connections_per_s=opened / elapsed,
+        )
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+async def run(options: Options, env: dict[str, str], database_url: str, workdir: Path) -> int:
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    with (
+        services(env, workdir, PYTHON, ["serve"]) as (simulator, platform, sim_url, platform_url),
+        more_simulators(options.simulators - 1, env, workdir) as others,
+    ):
+        buyer_key = await set_up(platform_url, sim_url, env, "openai")
+        await sign_up_operators(platform_url, options.operators)
+        infer = Target(
+            "INFER",
+            platform_url + "/api/v1/chat/completions",
+            {"Authorization": f"Bearer {buyer_key}"},
+        )
+        db = Database.from_url(database_url)
+        nodes = await Nodes.open(PG_URL.format(name=options.database).replace("+asyncpg", ""))
+        cpu = CpuMeter(platform.pid, simulator.pid, options.database, redis=True)
+        market = Market(options, db, nodes, cpu, infer)
+        steps = []
+        try:
+            operators = await operator_ids(db, options.operators)
+            for size in options.sizes:
+                await grow(db, operators=operators, endpoints=[sim_url, *others], to=size)
+                step = await market.step(size, platform_url, platform.pid)
+                steps.append(step)
+                print(progress(step), file=sys.stderr)
+        finally:
+            await market.aclose()
+            await nodes.close()
+            await db.dispose()
+        await wait_for_settlements(platform_url)
+        books = await verify_books(database_url, market.tally)
+    return report(options, steps, books)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    # Even when started with SIGINT ignored (a background job), Ctrl+C must stop the servers.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with tempfile.TemporaryDirectory(prefix="infer-market-") as tmp:
+        workdir = Path(tmp)
+        try:
+            database_url = fresh_database(sqlite=False, workdir=workdir, name=options.database)
+        except OSError as exc:
+            print(f"bench: PostgreSQL on 127.0.0.1:5432 is needed: {exc}", file=sys.stderr)
+            return 2
+        env = platform_env(database_url, True, workdir)
+        env["INFER_HEALTH_INTERVAL"] = f"{options.interval:g}"
+        try:
+            with contextlib.suppress(ImportError):
+                import uvloop  # the load generator's own overhead is smaller on uvloop
+
+                asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            return asyncio.run(run(options, env, database_url, workdir))
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print("bench: interrupted; servers stopped", file=sys.stderr)
+            return 130
+        finally:
+            forget_redis_keys(env["INFER_REDIS_PREFIX"])

@@ -1,0 +1,90 @@
+"""The market's growth: node rows inserted in bulk for a few operators, one model priced."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from gatewaybench.market import MODEL, OPERATOR, PRICE_IN, PRICE_OUT, sign_up_with_key
+from sqlmodel import col, select
+
+from infer.billing.money import parse_usd
+from infer.db import Database
+from infer.models import Node, NodeModel, NodeStatus, Runtime, User, utcnow
+
+CHUNK = 1000  # rows per INSERT statement
+CAPACITY = 1000  # as the registered node's: the router never turns a request away for it
+
+
+def operator_email(index: int) -> str:
+    """The first operator is the gateway bench's, who registered its node through the API."""
+    return OPERATOR if index == 0 else f"operator{index}@market.bench.example"
+
+
+async def sign_up_operators(platform_url: str, count: int) -> None:
+    """Operators beyond the first, signed up through INFER as the first was."""
+    for index in range(1, count):
+        await sign_up_with_key(platform_url, operator_email(index))
+
+
+async def operator_ids(db: Database, count: int) -> list[uuid.UUID]:
+    emails = [operator_email(index) for index in range(count)]
+    async with db.session() as session:
+        rows = await session.exec(select(User.email, User.id).where(col(User.email).in_(emails)))
+        by_email = dict(rows.all())
+    return [by_email[email] for email in emails]
+
+
+async def count_nodes(db: Database) -> int:
+    async with db.session() as session:
+        return int((await session.exec(select(sa.func.count()).select_from(Node))).one())
+
+
+async def grow(db: Database, *, operators: list[uuid.UUID], endpoints: list[str], to: int) -> int:
+    """Insert nodes until the market has `to`; how many were added.
+
+    Each node is what a registration followed by one good check leaves: online, its model
+    available and priced, its details read (so a sweep measures routine checks only).
+    """
+    have = await count_nodes(db)
+    micro_in, micro_out = parse_usd(PRICE_IN), parse_usd(PRICE_OUT)
+    for start in range(have, to, CHUNK):
+        now = utcnow()
+        nodes: list[dict[str, Any]] = []
+        models: list[dict[str, Any]] = []
+        for index in range(start, min(start + CHUNK, to)):
+            node_id = uuid.uuid4()
+            nodes.append(
+                {
+                    "id": node_id,
+                    "operator_id": operators[index % len(operators)],
+                    "name": f"market-{index:05d}",
+                    "runtime": Runtime.OPENAI,
+                    "endpoint": endpoints[index % len(endpoints)],
+                    "status": NodeStatus.ONLINE,
+                    "capacity": CAPACITY,
+                    "consecutive_failures": 0,
+                    "consecutive_successes": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            models.append(
+                {
+                    "id": uuid.uuid4(),
+                    "node_id": node_id,
+                    "model": MODEL,
+                    "available": True,
+                    "loaded": False,
+                    "input_price_per_million": micro_in,
+                    "output_price_per_million": micro_out,
+                    "seen_at": now,
+                    "details_at": now,
+                }
+            )
+        async with db.transaction() as session:
+            connection = await session.connection()
+            await connection.execute(sa.insert(Node), nodes)
+            await connection.execute(sa.insert(NodeModel), models)
+    return max(0, to - have)

@@ -1,0 +1,151 @@
+"""What the health monitor does, seen from outside: sweeps, check lateness, /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import asyncpg
+from gatewaybench.calls import Call, Target
+from gatewaybench.cpu import tree_cpu_seconds
+from gatewaybench.errors import BenchError, CallFailed
+from gatewaybench.lean import LeanSender
+from gatewaybench.load import percentile
+
+POLL = 0.2  # seconds between looks at the nodes' check times during a sweep
+SAMPLE = 0.5  # seconds between lateness samples
+HEALTHZ_GAP = 0.02  # seconds between /healthz probes (one at a time)
+HEALTHZ_TIMEOUT = 10.0
+MIN_CHECKS_FOR_CPU = 100
+
+# Nodes the monitor checks; a node never checked counts from its creation.
+_LIVE = "status <> 'disabled'"
+_UNCHECKED = f"SELECT count(*) FROM nodes WHERE {_LIVE} AND coalesce(last_checked_at, 'epoch') < $1"
+_SPREAD = (
+    "SELECT extract(epoch FROM max(last_checked_at) - min(last_checked_at)) "
+    f"FROM nodes WHERE {_LIVE} AND last_checked_at >= $1"
+)
+_OLDEST = (
+    "SELECT extract(epoch FROM clock_timestamp() - min(coalesce(last_checked_at, created_at))) "
+    f"FROM nodes WHERE {_LIVE}"
+)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    nodes: int
+    seconds: float  # from its first check to its last, or to the limit
+    unchecked: int  # nodes still not checked when the limit came (0: the sweep finished)
+    cpu_ms_per_check: float | None  # the platform's CPU over the sweep / nodes checked
+    healthz_p99_ms: float
+    healthz_probes: int
+
+
+class Nodes:
+    """Questions about the nodes' checks, on one connection kept for the whole run."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def open(cls, dsn: str) -> Nodes:
+        return cls(await asyncpg.connect(dsn, timeout=10))
+
+    async def all_due(self) -> tuple[int, datetime]:
+        """Make every node due now, as after a restart or a mass registration.
+
+        Returns the node count and the database's clock at that moment.
+        """
+        count = await self.connection.fetchval(
+            f"WITH due AS (UPDATE nodes SET next_check_at = NULL WHERE {_LIVE} RETURNING 1) "
+            "SELECT count(*) FROM due"
+        )
+        return int(count), await self.connection.fetchval("SELECT clock_timestamp()")
+
+    async def unchecked_since(self, moment: datetime) -> int:
+        return int(await self.connection.fetchval(_UNCHECKED, moment))
+
+    async def spread_since(self, moment: datetime) -> float:
+        """Seconds from the first check after `moment` to the last."""
+        return float(await self.connection.fetchval(_SPREAD, moment) or 0.0)
+
+    async def oldest_check_age(self) -> float:
+        """Seconds since the least recent check of any node (its lateness, when due)."""
+        return float(await self.connection.fetchval(_OLDEST) or 0.0)
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+async def probe_healthz(platform_url: str, stop: asyncio.Event) -> list[float]:
+    """/healthz latencies in seconds, one probe at a time, until `stop` is set."""
+    url = urlsplit(platform_url + "/healthz")
+    assert url.hostname is not None
+    assert url.port is not None
+    raw = f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode()
+    call = Call(Target("healthz", platform_url + "/healthz", {}), False, b"", {}, raw)
+    sender = LeanSender(url.hostname, url.port)
+    latencies: list[float] = []
+    try:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                reply = await asyncio.wait_for(sender.send(call), HEALTHZ_TIMEOUT)
+            except (CallFailed, TimeoutError) as exc:
+                raise BenchError(f"/healthz got no answer during a sweep: {exc}") from exc
+            if reply.status != 200:
+                raise BenchError(f"/healthz answered {reply.status} during a sweep")
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(HEALTHZ_GAP)
+    finally:
+        sender.close()
+    return latencies
+
+
+async def sweep(
+    nodes: Nodes, platform_url: str, platform_pid: int, *, limit: float, min_probe: float
+) -> Sweep:
+    """Every node due at once; the time until each was checked, /healthz probed meanwhile."""
+    stop = asyncio.Event()
+    cpu = tree_cpu_seconds(platform_pid)
+    count, since = await nodes.all_due()
+    started = time.perf_counter()
+    prober = asyncio.create_task(probe_healthz(platform_url, stop))
+    try:
+        unchecked = count
+        while unchecked and time.perf_counter() - started < limit:
+            await asyncio.sleep(POLL)
+            unchecked = await nodes.unchecked_since(since)
+        cpu = tree_cpu_seconds(platform_pid) - cpu
+        # The monitor may be asleep when the nodes fall due: its waking is in the lateness.
+        seconds = await nodes.spread_since(since) if not unchecked else limit
+        # Small sweeps end at once: /healthz is still probed long enough for a p99.
+        await asyncio.sleep(max(0.0, started + min_probe - time.perf_counter()))
+    finally:
+        stop.set()
+        latencies = await prober
+    checked = count - unchecked
+    return Sweep(
+        nodes=count,
+        seconds=seconds,
+        unchecked=unchecked,
+        # Below that, /healthz probes and idle time would be most of the figure.
+        cpu_ms_per_check=cpu * 1000 / checked if checked >= MIN_CHECKS_FOR_CPU else None,
+        healthz_p99_ms=percentile(latencies, 0.99) * 1000,
+        healthz_probes=len(latencies),
+    )
+
+
+async def worst_lateness(nodes: Nodes, until: asyncio.Event) -> float:
+    """The longest time any node went unchecked, sampled until `until` is set."""
+    worst = 0.0
+    while True:
+        worst = max(worst, await nodes.oldest_check_age())
+        if until.is_set():
+            return worst
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until.wait(), SAMPLE)
