@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     database_timeout: float = Field(default=30.0, gt=0)
     public_url: str = "http://127.0.0.1:8000"
     health_interval: float = Field(default=60.0, gt=0)
+    # Health history (infer/nodes/history.py): raw checks kept per node, rollup retention.
+    health_raw_checks: int = Field(default=100, ge=1)
+    health_retention_days: int = Field(default=8, ge=1)
     figures_interval: float = Field(default=60.0, gt=0)
     allow_private_endpoints: bool = False
     platform_fee: Decimal = Field(default=Decimal("0.10"), ge=0, lt=1)

@@ -227,6 +227,20 @@ class HealthCheck(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=500)
 
 
+class NodeHealthRollup(SQLModel, table=True):
+    """One node's health checks of one UTC hour, summed as they are recorded."""
+
+    __tablename__ = "node_health_rollups"
+
+    node_id: uuid.UUID = Field(foreign_key="nodes.id", primary_key=True, ondelete="CASCADE")
+    bucket_start: datetime = Field(sa_type=UTCDateTime, primary_key=True, index=True)
+    checks: int = Field(default=0)
+    ok_checks: int = Field(default=0)
+    latency_ms_sum: float = Field(default=0.0)
+    latency_count: int = Field(default=0)  # checks that measured a latency (the good ones)
+    latency_max: float | None = None
+
+
 class LedgerAccount(SQLModel, table=True):
     """An account of the ledger; `balance` caches the sum of its entries."""
 

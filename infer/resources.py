@@ -102,6 +102,8 @@ class Resources:
                 keyring=keyring,
                 deadlines=deadlines,
                 on_change=router.catalog.invalidate,
+                raw_checks=settings.health_raw_checks,
+                retention=timedelta(days=settings.health_retention_days),
             ),
             router=router,
             figures=FiguresRollup(db, interval=settings.figures_interval),

@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 from test_gateway import MESSAGES, MODEL, Market, market, platform_settings
 
@@ -20,7 +21,8 @@ from infer.marketplace.figures import (
     take_lease,
     tokens_per_second,
 )
-from infer.models import HealthCheck, MarketFigures, Node, User, utcnow
+from infer.models import HealthCheck, MarketFigures, Node, NodeHealthRollup, User, utcnow
+from infer.nodes.history import record_checks
 from infer.schema.figures import ProviderStats
 from infer.simulator import SimulatorConfig, serve_in_thread, serve_simulator_in_thread
 
@@ -140,14 +142,14 @@ async def test_uptime_is_the_share_of_good_health_checks_once_there_are_enough(
     now = utcnow()
     async with market.db.transaction() as session:
         node_id = (await session.exec(select(Node.id).where(Node.operator_id == operator))).one()
-        for check in (await session.exec(select(HealthCheck))).all():
-            await session.delete(check)
+        await session.exec(sa.delete(NodeHealthRollup))  # the monitor's own checks
         # Last 1 h: two checks (not enough); last 24 h: 4 of which 3 good; 7 d: 3 of 6 good.
         ages_ok = [(10, True), (20, False), (120, True), (180, True), (3000, False), (5000, False)]
-        for minutes, ok in ages_ok:
-            session.add(
-                HealthCheck(node_id=node_id, ok=ok, checked_at=now - timedelta(minutes=minutes))
-            )
+        checks = [
+            HealthCheck(node_id=node_id, ok=ok, checked_at=now - timedelta(minutes=minutes))
+            for minutes, ok in ages_ok
+        ]
+        await record_checks(session, checks)
     await refresh_figures(market.db, now=now)
     query = "query($id: ID!) { provider(id: $id) { stats { uptime1h uptime24h uptime7d } } }"
     anonymous = await market.http.post(

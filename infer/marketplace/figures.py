@@ -11,6 +11,10 @@ completed requests of the last 24 h (SQLite has no percentile function; PostgreS
 `percentile_cont` would make two code paths for one figure). Figures with too little
 data behind them are null: latency below MIN_REQUESTS completed requests, uptime below
 MIN_CHECKS health checks, the success rate without any request.
+
+Uptime reads the hourly health rollups (infer/nodes/history.py), so its periods are
+whole UTC hours: "1h" counts the checks since the top of the hour an hour ago (one to
+two hours of them), "24h" and "7d" alike.
 """
 
 from __future__ import annotations
@@ -30,7 +34,16 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from infer.db import Database
-from infer.models import HealthCheck, Lease, MarketFigures, Node, NodeModel, UsageRecord, utcnow
+from infer.models import (
+    Lease,
+    MarketFigures,
+    Node,
+    NodeHealthRollup,
+    NodeModel,
+    UsageRecord,
+    utcnow,
+)
+from infer.nodes.history import bucket_of
 from infer.routing.scoring import throughput_sample
 
 log = logging.getLogger(__name__)
@@ -239,19 +252,19 @@ async def _offers(session: AsyncSession) -> dict[Key, set[uuid.UUID]]:
 async def _checks(
     session: AsyncSession, *, now: datetime
 ) -> dict[tuple[uuid.UUID, str], tuple[int, int]]:
-    """Per node and uptime period: (health checks, good ones); one scan."""
+    """Per node and uptime period: (health checks, good ones), from the hourly rollups."""
     columns: list[sa.ColumnElement[Any]] = []
     for period in UPTIME_PERIODS:
-        recent = col(HealthCheck.checked_at) >= now - PERIODS[period]
+        recent = col(NodeHealthRollup.bucket_start) >= bucket_of(now - PERIODS[period])
         columns += [
-            sa.func.sum(sa.case((recent, 1), else_=0)),
-            sa.func.sum(sa.case((sa.and_(recent, col(HealthCheck.ok)), 1), else_=0)),
+            sa.func.sum(sa.case((recent, col(NodeHealthRollup.checks)), else_=0)),
+            sa.func.sum(sa.case((recent, col(NodeHealthRollup.ok_checks)), else_=0)),
         ]
-    oldest = now - max(PERIODS[period] for period in UPTIME_PERIODS)
+    oldest = bucket_of(now - max(PERIODS[period] for period in UPTIME_PERIODS))
     result = await session.exec(  # type: ignore[call-overload]  # a Core select of aggregates
-        sa.select(col(HealthCheck.node_id), *columns)
-        .where(col(HealthCheck.checked_at) >= oldest)
-        .group_by(col(HealthCheck.node_id))
+        sa.select(col(NodeHealthRollup.node_id), *columns)
+        .where(col(NodeHealthRollup.bucket_start) >= oldest)
+        .group_by(col(NodeHealthRollup.node_id))
     )
     checks = {}
     for node_id, *sums in result:

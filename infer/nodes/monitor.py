@@ -19,6 +19,7 @@ from infer.models import HealthCheck, Node, NodeModel, NodeStatus, Notification,
 from infer.nodes.clients import client_for
 from infer.nodes.clients.base import Deadlines, ModelDetails, ModelInfo, Probe, RuntimeClient
 from infer.nodes.health import Health, after_check, next_delay
+from infer.nodes.history import DEFAULT_RAW_CHECKS, DEFAULT_RETENTION, prune_history, record_checks
 from infer.nodes.registry import MAX_MODELS_PER_NODE, open_token
 from infer.nodes.transport import NodeHTTP
 from infer.security.crypto import Keyring
@@ -26,7 +27,6 @@ from infer.security.text import MAX_MODEL_NAME, MODEL_NAME_CHARACTERS, is_model_
 
 log = logging.getLogger(__name__)
 
-RETENTION = timedelta(days=7)  # the market figures measure uptime over 7 days
 MODEL_RETENTION = timedelta(days=7)  # a model gone from its runtime this long is deleted
 LATENCY_WEIGHT = 0.3  # EWMA weight of the newest probe latency
 DETAILS_MAX_AGE = timedelta(days=1)  # a model's details are read again after this
@@ -47,6 +47,8 @@ class HealthMonitor:
         batch: int = 50,
         concurrency: int = 20,
         on_change: Callable[[], None] | None = None,
+        raw_checks: int = DEFAULT_RAW_CHECKS,
+        retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         self.db = db
         self.http = http
@@ -58,6 +60,8 @@ class HealthMonitor:
         self._wake = asyncio.Event()
         self._last_prune = 0.0
         self._on_change = on_change
+        self.raw_checks = raw_checks
+        self.retention = retention
         self._stopping = False
 
     def wake(self) -> None:
@@ -217,16 +221,15 @@ class HealthMonitor:
                 )
                 await _sync_models(session, node, probe)
             session.add(node)
-            session.add(
-                HealthCheck(
-                    node_id=node.id,
-                    checked_at=now,
-                    ok=probe is not None,
-                    latency_ms=probe.latency_ms if probe else None,
-                    model_count=len(probe.models) if probe else 0,
-                    error=None if probe else node.status_reason,
-                )
+            check = HealthCheck(
+                node_id=node.id,
+                checked_at=now,
+                ok=probe is not None,
+                latency_ms=probe.latency_ms if probe else None,
+                model_count=len(probe.models) if probe else 0,
+                error=None if probe else node.status_reason,
             )
+            await record_checks(session, [check], keep=self.raw_checks)
             if health.status != before.status:
                 session.add(_notification(node, health.status))
 
@@ -246,9 +249,7 @@ class HealthMonitor:
             return
         self._last_prune = loop.time()
         async with self.db.transaction() as session:
-            await session.exec(
-                sa.delete(HealthCheck).where(col(HealthCheck.checked_at) < utcnow() - RETENTION)
-            )
+            await prune_history(session, now=utcnow(), retention=self.retention)
 
 
 def listed_models(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -310,7 +311,29 @@ async def models_of_nodes(
 async def recent_checks(
     session: AsyncSession, node_ids: Sequence[uuid.UUID], *, last: int
 ) -> dict[uuid.UUID, list[HealthCheck]]:
-    """The newest `last` health checks of each node, newest first, in one query."""
+    """The newest `last` health checks of each node, newest first, in one query.
+
+    Each node's rows are read newest first along the (node_id, checked_at) index and
+    stop at `last`: a LATERAL subquery per node on PostgreSQL; on SQLite (no LATERAL) a
+    window over the node's rows, which history.py keeps to a few.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        newest = (
+            select(HealthCheck)
+            .where(col(HealthCheck.node_id) == col(Node.id))
+            .order_by(col(HealthCheck.checked_at).desc())
+            .limit(last)
+            .lateral()
+        )
+        checks = aliased(HealthCheck, newest)
+        rows = await session.exec(
+            select(checks)
+            .select_from(Node)
+            .join(newest, sa.true())
+            .where(col(Node.id).in_(node_ids))
+            .order_by(col(checks.checked_at).desc())
+        )
+        return group_by(rows, node_ids, lambda check: check.node_id)
     rank = (
         sa.func.row_number()
         .over(partition_by=col(HealthCheck.node_id), order_by=col(HealthCheck.checked_at).desc())
@@ -319,10 +342,10 @@ async def recent_checks(
     ranked = (
         select(col(HealthCheck.id), rank).where(col(HealthCheck.node_id).in_(node_ids)).subquery()
     )
-    rows = await session.exec(
+    found = await session.exec(
         select(HealthCheck)
         .join(ranked, ranked.c.id == col(HealthCheck.id))
         .where(ranked.c.rank <= last)
         .order_by(col(HealthCheck.checked_at).desc())
     )
-    return group_by(rows, node_ids, lambda check: check.node_id)
+    return group_by(found, node_ids, lambda check: check.node_id)

@@ -92,7 +92,8 @@ class Node:
     created_at: datetime
     models: list[NodeModel] = strawberry.field(resolver=_models)
     health_checks: list[HealthCheck] = strawberry.field(
-        resolver=_health_checks, description="The newest checks first (kept for 24 hours)."
+        resolver=_health_checks,
+        description="The newest checks first (each node's last 100 are kept by default).",
     )
 
     @classmethod
