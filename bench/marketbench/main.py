@@ -76,6 +76,7 @@ class Market:
             self.nodes,
             platform_url,
             platform_pid,
+            interval=options.interval,
             limit=options.sweep_limit,
             min_probe=options.min_probe_seconds,
         )

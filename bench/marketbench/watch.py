@@ -35,6 +35,12 @@ _OLDEST = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Probe:
+    sent: float  # time.perf_counter()
+    seconds: float
+
+
 @dataclass(frozen=True)
 class Sweep:
     nodes: int
@@ -81,15 +87,14 @@ class Nodes:
         await self.connection.close()
 
 
-async def probe_healthz(platform_url: str, stop: asyncio.Event) -> list[float]:
-    """/healthz latencies in seconds, one probe at a time, until `stop` is set."""
+async def probe_healthz(platform_url: str, stop: asyncio.Event, into: list[Probe]) -> None:
+    """/healthz probed one request at a time until `stop` is set, each added `into`."""
     url = urlsplit(platform_url + "/healthz")
     assert url.hostname is not None
     assert url.port is not None
     raw = f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode()
     call = Call(Target("healthz", platform_url + "/healthz", {}), False, b"", {}, raw)
     sender = LeanSender(url.hostname, url.port)
-    latencies: list[float] = []
     try:
         while not stop.is_set():
             started = time.perf_counter()
@@ -99,39 +104,54 @@ async def probe_healthz(platform_url: str, stop: asyncio.Event) -> list[float]:
                 raise BenchError(f"/healthz got no answer during a sweep: {exc}") from exc
             if reply.status != 200:
                 raise BenchError(f"/healthz answered {reply.status} during a sweep")
-            latencies.append(time.perf_counter() - started)
+            into.append(Probe(started, time.perf_counter() - started))
             await asyncio.sleep(HEALTHZ_GAP)
     finally:
         sender.close()
-    return latencies
 
 
 async def sweep(
-    nodes: Nodes, platform_url: str, platform_pid: int, *, limit: float, min_probe: float
+    nodes: Nodes,
+    platform_url: str,
+    platform_pid: int,
+    *,
+    interval: float,
+    limit: float,
+    min_probe: float,
 ) -> Sweep:
-    """Every node due at once; the time until each was checked, /healthz probed meanwhile."""
+    """Every node due at once; the time until each was checked, /healthz probed meanwhile.
+
+    Nothing wakes the monitor: it may sleep up to an interval before it looks. So the
+    sweep's time, its limit, its CPU and the /healthz figures count from its first check
+    (the wait shows in the lateness).
+    """
     stop = asyncio.Event()
-    cpu = tree_cpu_seconds(platform_pid)
+    probes: list[Probe] = []
     count, since = await nodes.all_due()
     started = time.perf_counter()
-    prober = asyncio.create_task(probe_healthz(platform_url, stop))
+    first: float | None = None
+    cpu_before = cpu_then = tree_cpu_seconds(platform_pid)
+    prober = asyncio.create_task(probe_healthz(platform_url, stop, probes))
     try:
         unchecked = count
-        while unchecked and time.perf_counter() - started < limit:
+        while unchecked and time.perf_counter() < (first or started + interval) + limit:
+            cpu_then = tree_cpu_seconds(platform_pid)
             await asyncio.sleep(POLL)
             unchecked = await nodes.unchecked_since(since)
-        cpu = tree_cpu_seconds(platform_pid) - cpu
-        # The monitor may be asleep when the nodes fall due: its waking is in the lateness.
-        seconds = await nodes.spread_since(since) if not unchecked else limit
+            if first is None and unchecked < count:
+                first, cpu_before = time.perf_counter() - POLL, cpu_then  # since the last look
+        cpu = tree_cpu_seconds(platform_pid) - cpu_before
+        ended = time.perf_counter()
         # Small sweeps end at once: /healthz is still probed long enough for a p99.
-        await asyncio.sleep(max(0.0, started + min_probe - time.perf_counter()))
+        await asyncio.sleep(max(0.0, (first or started) + min_probe - time.perf_counter()))
     finally:
         stop.set()
-        latencies = await prober
+        await prober
+    latencies = [p.seconds for p in probes if first is None or p.sent >= first]
     checked = count - unchecked
     return Sweep(
         nodes=count,
-        seconds=seconds,
+        seconds=await nodes.spread_since(since) if not unchecked else ended - (first or started),
         unchecked=unchecked,
         # Below that, /healthz probes and idle time would be most of the figure.
         cpu_ms_per_check=cpu * 1000 / checked if checked >= MIN_CHECKS_FOR_CPU else None,
