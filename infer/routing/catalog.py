@@ -14,6 +14,7 @@ from sqlmodel import col
 
 from infer.db import Database
 from infer.models import Node, NodeModel, NodeStatus, Runtime
+from infer.routing.index import ModelIndex
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
-    by_model: dict[str, tuple[Candidate, ...]]
+    by_model: dict[str, ModelIndex]
     models: tuple[str, ...]
 
 
@@ -85,12 +86,15 @@ class NodeCatalog:
 
     async def candidates(self, model: str) -> list[Candidate]:
         """Online and degraded nodes whose runtime offers `model` now."""
-        snapshot = await self._current()
-        found = snapshot.by_model.get(model)
-        if found is None and ":" not in model:
-            # Ollama lists `llama3.2:latest`; buyers (and Ollama itself) say `llama3.2`.
-            found = snapshot.by_model.get(f"{model}:latest")
-        return list(found or ())
+        found = _find(await self._current(), model)
+        return [] if found is None else list(found.candidates)
+
+    async def index(self, model: str) -> ModelIndex | None:
+        """The same candidates, indexed for sampling (None if nobody serves `model`)."""
+        if type(self).candidates is not NodeCatalog.candidates:
+            # A catalog that supplies its own candidates (a test double): index them now.
+            return ModelIndex(found) if (found := await self.candidates(model)) else None
+        return _find(await self._current(), model)
 
     async def models(self) -> list[str]:
         """Models served by at least one online node, sorted by name."""
@@ -165,10 +169,18 @@ class NodeCatalog:
             if not candidate.degraded:
                 online.add(candidate.model)
         snapshot = _Snapshot(
-            by_model={model: tuple(found) for model, found in by_model.items()},
+            by_model={model: ModelIndex(found) for model, found in by_model.items()},
             models=tuple(sorted(online)),
         )
         if generation == self._generation:  # an invalidate() meanwhile makes this one stale
             self._snapshot = snapshot
             self._expires_at = self._clock() + self._refresh_seconds
         return snapshot
+
+
+def _find(snapshot: _Snapshot, model: str) -> ModelIndex | None:
+    found = snapshot.by_model.get(model)
+    if found is None and ":" not in model:
+        # Ollama lists `llama3.2:latest`; buyers (and Ollama itself) say `llama3.2`.
+        found = snapshot.by_model.get(f"{model}:latest")
+    return found

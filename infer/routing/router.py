@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import random
+import time
+import uuid
 
 from infer.errors import NoNodeAvailable, NotFound
 from infer.routing import scoring
 from infer.routing.catalog import Candidate, NodeCatalog
-from infer.routing.preferences import Preferences
-from infer.routing.state import RouterState
+from infer.routing.index import ModelIndex
+from infer.routing.preferences import Preferences, Sort
+from infer.routing.sample import MEMORY, ROUNDS, SMALL, Sampler, ready_and_usable
+from infer.routing.state import NodeStats, RouterState
 
 _NO_PREFERENCES = Preferences()
 
 
 class Router:
-    """Chooses the nodes to try for a request; no database query on this path."""
+    """Chooses the nodes to try for a request; no database query on this path.
+
+    A model served by up to `sample.SMALL` nodes has all of them scored; beyond that a
+    plan scores a bounded sample of them (see `sample.Sampler`), so that its cost does
+    not grow with the market. The nodes recent plans chose are kept per model and sort
+    and scored again, so that a fast node once found keeps its traffic.
+    """
 
     def __init__(
         self,
@@ -28,6 +38,7 @@ class Router:
         self.state = state
         self._rng = rng or random.Random()  # noqa: S311 (load spreading, not secrets)
         self._max_attempts = max_attempts
+        self._recent: dict[tuple[str, Sort | None], tuple[uuid.UUID, ...]] = {}
 
     async def plan(
         self,
@@ -40,10 +51,14 @@ class Router:
         """The candidates to try in order; NotFound if nobody serves `model`, else
         NoNodeAvailable if none of them can take this request now."""
         preferences = preferences or _NO_PREFERENCES
-        candidates = await self.catalog.candidates(model)
-        if not candidates:
+        index = await self.catalog.index(model)
+        if index is None or not index.candidates:
             raise NotFound(f"model {model!r} is not served by any node", param="model")
-        stats = await self.state.snapshot(candidate.node_id for candidate in candidates)
+        if len(index) <= SMALL:
+            candidates = list(index.candidates)
+            stats = await self.state.snapshot(candidate.node_id for candidate in candidates)
+        else:
+            candidates, stats = await self._sample(model, index, preferences)
         attempts = scoring.plan(
             candidates,
             stats,
@@ -53,15 +68,47 @@ class Router:
             expected_prompt_tokens=expected_prompt_tokens,
             expected_output_tokens=expected_output_tokens,
         )
+        if len(index) > SMALL:
+            self._remember((model, preferences.sort), attempts)
         if not attempts:
-            raise _none_available(model, candidates, preferences)
+            raise _none_available(model, index, preferences)
         return attempts
 
+    async def _sample(
+        self, model: str, index: ModelIndex, preferences: Preferences
+    ) -> tuple[list[Candidate], dict[uuid.UUID, NodeStats]]:
+        """A bounded sample with enough nodes ready to fill the attempts, when there are."""
+        sampler = Sampler(index, preferences, self._rng)
+        candidates = sampler.first(self._recent.get((model, preferences.sort), ()))
+        stats = await self.state.snapshot(candidate.node_id for candidate in candidates)
+        if not sampler.only_ordered:
+            now = time.time()
+            for round_ in range(ROUNDS + 1):
+                ready, usable = ready_and_usable(candidates, stats, preferences, now)
+                if ready >= self._max_attempts:
+                    break
+                # Too few online nodes can take it now: draw more, and after the last
+                # round the degraded ones, which come after every online node anyway.
+                if round_ < ROUNDS:
+                    more = sampler.more()
+                elif usable < self._max_attempts:
+                    more = sampler.degraded()
+                else:
+                    break
+                stats.update(await self.state.snapshot(c.node_id for c in more))
+                candidates.extend(more)
+        # Equal nodes tie on everything but their place in the list: make that random.
+        self._rng.shuffle(candidates)
+        return candidates, stats
 
-def _none_available(
-    model: str, candidates: list[Candidate], preferences: Preferences
-) -> NoNodeAvailable:
-    if not any(scoring.affordable(candidate, preferences) for candidate in candidates):
+    def _remember(self, key: tuple[str, Sort | None], attempts: list[Candidate]) -> None:
+        recent = [candidate.node_id for candidate in attempts]
+        recent.extend(node_id for node_id in self._recent.get(key, ()) if node_id not in recent)
+        self._recent[key] = tuple(recent[:MEMORY])
+
+
+def _none_available(model: str, index: ModelIndex, preferences: Preferences) -> NoNodeAvailable:
+    if not index.any_affordable(preferences.max_price_prompt, preferences.max_price_completion):
         return NoNodeAvailable(f"no node serves {model!r} within max_price", param="provider")
     if preferences.order and not preferences.allow_fallbacks:
         message = f"none of the nodes in provider.order can serve {model!r} now"
