@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     upstream_idle_timeout: float = Field(default=30.0, gt=0)
     upstream_total_timeout: float = Field(default=600.0, gt=0)
     health_timeout: float = Field(default=5.0, gt=0)
+    # The health monitor (its own thread): checks in flight at once, and its own pool's size.
+    health_concurrency: int = Field(default=64, ge=1, le=10_000)
+    health_database_pool: int = Field(default=4, ge=2, le=100)
+    max_nodes_per_operator: int = Field(default=100, ge=1)
     client_write_timeout: float = Field(default=30.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 

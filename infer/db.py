@@ -38,7 +38,9 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, pool_size: int = 10, timeout: float = 30.0) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int | None = None, timeout: float = 30.0
+) -> AsyncEngine:
     """Build the async engine; on SQLite, WAL and explicit BEGIN for real transactions.
 
     `timeout`: seconds to wait for a connection (connecting, a free one in the pool,
@@ -51,7 +53,7 @@ def create_engine(url: str, *, pool_size: int = 10, timeout: float = 30.0) -> As
         engine = create_async_engine(
             url,
             pool_size=pool_size,
-            max_overflow=pool_size * 2,
+            max_overflow=pool_size * 2 if max_overflow is None else max_overflow,
             pool_recycle=1800,
             pool_timeout=timeout,
             connect_args={"timeout": timeout},

@@ -22,7 +22,7 @@ from infer.keys.service import KeyMaterial
 from infer.marketplace.figures import FiguresRollup
 from infer.nodes.clients.base import Deadlines
 from infer.nodes.http import create_http_client
-from infer.nodes.monitor import HealthMonitor
+from infer.nodes.monitor_thread import MonitorConfig, MonitorThread
 from infer.nodes.transport import NodeHTTP
 from infer.ratelimit import RateLimiter
 from infer.routing import NodeCatalog, RedisRouterState, Router, router_state_from_settings
@@ -50,7 +50,7 @@ class Resources:
     login_policy: LoginPolicy
     address_policy: AddressPolicy
     http: NodeHTTP
-    monitor: HealthMonitor
+    monitor: MonitorThread
     router: Router
     completions: Completions
     key_changes: KeyChanges
@@ -95,15 +95,20 @@ class Resources:
             ),
             address_policy=policy,
             http=http,
-            monitor=HealthMonitor(
-                db,
-                http,
-                interval=settings.health_interval,
-                keyring=keyring,
-                deadlines=deadlines,
+            monitor=MonitorThread(
+                MonitorConfig(
+                    database_url=settings.database_url,
+                    database_timeout=settings.database_timeout,
+                    pool_size=settings.health_database_pool,
+                    allow_private=settings.allow_private_endpoints,
+                    interval=settings.health_interval,
+                    concurrency=settings.health_concurrency,
+                    keyring=keyring,
+                    deadlines=deadlines,
+                    raw_checks=settings.health_raw_checks,
+                    retention=timedelta(days=settings.health_retention_days),
+                ),
                 on_change=router.catalog.invalidate,
-                raw_checks=settings.health_raw_checks,
-                retention=timedelta(days=settings.health_retention_days),
             ),
             router=router,
             figures=FiguresRollup(db, interval=settings.figures_interval),
@@ -143,7 +148,7 @@ class Resources:
 
     def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self._flush_last_used_forever()))
-        self._tasks.append(asyncio.create_task(self.monitor.run_forever()))
+        self.monitor.start()  # its own thread, loop and pool: see docs/architecture.md
         self._tasks.append(asyncio.create_task(self._expire_holds_forever()))
         self._tasks.append(asyncio.create_task(self._refresh_figures_forever()))
         self._tasks.append(asyncio.create_task(self.completions.replay()))
@@ -185,8 +190,8 @@ class Resources:
         behind the event loop's back, so shutdown lets the step finish first.
         """
         self._stopping.set()
-        self.monitor.stop()
         self.key_changes.stop()
+        await self.monitor.stop(STOP_GRACE_SECONDS)
         busy: set[asyncio.Task[None]] = set()
         if self._tasks:
             _, busy = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)

@@ -23,7 +23,7 @@ from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy, check_endpoint
 from infer.security.text import check_model_name, check_name, refused_characters
 
-MAX_NODES_PER_OPERATOR = 100
+MAX_NODES_PER_OPERATOR = 100  # the default of INFER_MAX_NODES_PER_OPERATOR
 MAX_PRICE_PER_MILLION = 1_000 * 1_000_000  # 1,000 USD per million tokens
 MAX_GPU_JSON = 4096
 MAX_GPU_DEPTH = 8
@@ -151,6 +151,7 @@ async def register_node(
     policy: AddressPolicy,
     keyring: Keyring,
     client: ClientInfo,
+    max_nodes: int = MAX_NODES_PER_OPERATOR,
 ) -> Node:
     """Add a node, or update the caller's node of the same name; it is checked next."""
     name = _clean_name(registration.name)
@@ -171,8 +172,8 @@ async def register_node(
                 .select_from(Node)
                 .where(Node.operator_id == principal.user_id)
             )
-            if count.one() >= MAX_NODES_PER_OPERATOR:
-                raise BadInput(f"at most {MAX_NODES_PER_OPERATOR} nodes per operator")
+            if count.one() >= max_nodes:
+                raise BadInput(f"at most {max_nodes} nodes per operator")
             node = Node(
                 operator_id=principal.user_id,
                 name=name,

@@ -189,6 +189,7 @@ async def register_node(info: Info[Context, Any], input: RegisterNodeInput) -> N
         policy=ctx.resources.address_policy,
         keyring=ctx.resources.key_material.keyring,
         client=ctx.client,
+        max_nodes=ctx.resources.settings.max_nodes_per_operator,
     )
     return await _checked(info, row.id)
 
