@@ -15,7 +15,7 @@ from gatewaybench.calls import Target
 from gatewaybench.cpu import CpuMeter
 from gatewaybench.errors import BenchError
 from gatewaybench.lean import LeanPool
-from gatewaybench.load import Load, Tally
+from gatewaybench.load import Load, Row, Tally
 from gatewaybench.market import MODEL, set_up, wait_for_settlements
 from gatewaybench.processes import (
     PG_URL,
@@ -37,7 +37,7 @@ from .report import Step, progress, report
 from .watch import Nodes, Sweep, sweep, worst_lateness
 
 PYTHON = [sys.executable, "-m", "infer.cli"]
-WINDOW = 1.25  # x the interval watched after a sweep: a node later than 1.2 x shows
+WINDOW = 1.25  # x the interval watched at most after a sweep: a node later than 1.2 x shows
 
 
 @contextlib.contextmanager
@@ -83,27 +83,23 @@ class Market:
         # Lateness shows once every node has had the time to fall due again; after a
         # sweep that did not finish, the nodes it left are later than the limit already.
         window = WINDOW * options.interval if not swept.unchecked else 0.0
-        window_end = time.perf_counter() + window
-        watched = asyncio.Event()
-        lateness = asyncio.create_task(worst_lateness(self.nodes, watched))
-        rows = {}
+        load_done = asyncio.Event()
+        lateness = asyncio.create_task(
+            worst_lateness(
+                self.nodes,
+                load_done,
+                swept_at=await self.nodes.clock(),
+                deadline=time.perf_counter() + window,
+            )
+        )
         try:
-            for concurrency, count in options.requests.items():
-                load = Load(
-                    {"lean": self.pool},
-                    self.cpu,
-                    self.tally,
-                    warmup=options.warmup,
-                    seconds=options.row_seconds,
-                    max_requests=count,
-                )
-                rows[concurrency] = await load.measure(
-                    self.infer, stream=False, concurrency=concurrency, client="lean"
-                )
-            await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
+            rows = await self.gateway_rows()
+        except BaseException:
+            lateness.cancel()
+            raise
         finally:
-            watched.set()
-            worst = await lateness
+            load_done.set()
+        worst = await lateness
         opened = await self.cpu.sessions() - sessions
         elapsed = time.perf_counter() - started
         return Step(
@@ -114,6 +110,23 @@ class Market:
             lateness_s=worst,
             connections_per_s=opened / elapsed,
         )
+
+    async def gateway_rows(self) -> dict[int, Row]:
+        """A fixed count of requests at each concurrency, each answer verified."""
+        options, rows = self.options, {}
+        for concurrency, count in options.requests.items():
+            load = Load(
+                {"lean": self.pool},
+                self.cpu,
+                self.tally,
+                warmup=options.warmup,
+                seconds=options.row_seconds,
+                max_requests=count,
+            )
+            rows[concurrency] = await load.measure(
+                self.infer, stream=False, concurrency=concurrency, client="lean"
+            )
+        return rows
 
     async def aclose(self) -> None:
         await self.pool.aclose()

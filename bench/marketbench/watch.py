@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,6 +73,10 @@ class Nodes:
 
     async def unchecked_since(self, moment: datetime) -> int:
         return int(await self.connection.fetchval(_UNCHECKED, moment))
+
+    async def clock(self) -> datetime:
+        now: datetime = await self.connection.fetchval("SELECT clock_timestamp()")
+        return now
 
     async def spread_since(self, moment: datetime) -> float:
         """Seconds from the first check after `moment` to the last."""
@@ -160,12 +163,19 @@ async def sweep(
     )
 
 
-async def worst_lateness(nodes: Nodes, until: asyncio.Event) -> float:
-    """The longest time any node went unchecked, sampled until `until` is set."""
+async def worst_lateness(
+    nodes: Nodes, load_done: asyncio.Event, *, swept_at: datetime, deadline: float
+) -> float:
+    """The longest time any node went unchecked, sampled from the sweep's end.
+
+    Sampling ends once the load is done and either every node has been checked again
+    since the sweep ended (every gap after it is then complete) or `deadline` has come.
+    """
     worst = 0.0
     while True:
         worst = max(worst, await nodes.oldest_check_age())
-        if until.is_set():
+        if load_done.is_set() and (
+            time.perf_counter() >= deadline or not await nodes.unchecked_since(swept_at)
+        ):
             return worst
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(until.wait(), SAMPLE)
+        await asyncio.sleep(SAMPLE)
