@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -53,11 +55,38 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         "proxy_headers": True,
         "server_header": False,
     }
-    if args.workers > 1:
-        # Each worker process builds the app from the same environment (and secrets file).
-        uvicorn.run("infer.app:app_from_environment", factory=True, workers=args.workers, **options)
-    else:
-        uvicorn.run(create_app(settings, freeze_heap=True), **options)
+    with _monitor_process(settings):
+        if args.workers > 1:
+            # Each worker process builds the app from the same environment (and secrets file).
+            uvicorn.run(
+                "infer.app:app_from_environment", factory=True, workers=args.workers, **options
+            )
+        else:
+            uvicorn.run(create_app(settings, freeze_heap=True), **options)
+
+
+@contextlib.contextmanager
+def _monitor_process(settings: Settings) -> Iterator[None]:
+    """With INFER_HEALTH_MONITOR=process, one `infer monitor` beside the serving processes."""
+    if settings.health_monitor != "process":
+        yield
+        return
+    # Same environment, so the same settings (development secrets are in their file by now).
+    child = subprocess.Popen([sys.executable, "-m", "infer.cli", "monitor"])
+    try:
+        yield
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
+    from infer.nodes.monitor_thread import MonitorConfig, run_monitor
+
+    asyncio.run(run_monitor(MonitorConfig.from_settings(settings, sweeping=True)))
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
@@ -294,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes serving the same port (above 1 needs INFER_REDIS_URL)",
     )
     serve.set_defaults(handler=cmd_serve)
+
+    monitor = commands.add_parser(
+        "monitor", help="check the nodes' health in this process (see INFER_HEALTH_MONITOR)"
+    )
+    monitor.set_defaults(handler=cmd_monitor)
 
     migrate = commands.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(handler=cmd_migrate)

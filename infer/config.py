@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # The health monitor (its own thread): checks in flight at once, and its own pool's size.
     health_concurrency: int = Field(default=64, ge=1, le=10_000)
     health_database_pool: int = Field(default=4, ge=2, le=100)
+    # Who sweeps: a thread of each platform process, one `infer monitor` process that
+    # `infer serve` starts, or none here (an `infer monitor` run elsewhere).
+    health_monitor: Literal["thread", "process", "off"] = "thread"
     max_nodes_per_operator: int = Field(default=100, ge=1)
     client_write_timeout: float = Field(default=30.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"

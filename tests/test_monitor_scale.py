@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -273,3 +277,49 @@ async def test_an_exhausted_pool_pauses_the_sweep_with_a_log_line(
         await asyncio.wait_for(running, 10)
     await http.aclose()
     await own.dispose()
+
+
+async def test_with_a_monitor_process_the_gateway_only_checks_registrations(
+    settings: Settings,
+) -> None:
+    elsewhere = settings.model_copy(update={"health_monitor": "process"})
+    with simulators(1) as endpoints:
+        async with started(elsewhere) as (app, resources), http_client(app) as http:
+            await add_nodes(resources.db, endpoints, 3)
+            resources.monitor.wake()
+            await asyncio.sleep(1.0)
+            assert await checked_count(resources.db) == 0  # the sweeps are another process's
+            graphql = GraphQLClient(http)
+            await graphql(SIGN_UP, {"e": "ann@example.com", "p": PASSWORD})
+            body = await graphql(
+                "mutation($i: RegisterNodeInput!) { registerNode(input: $i) { status } }",
+                {"i": {"name": "box", "runtime": "OLLAMA", "endpoint": endpoints[0]}},
+            )
+    assert body["data"]["registerNode"]["status"] == "ONLINE"  # type: ignore[index]
+
+
+async def test_infer_monitor_checks_the_nodes_and_stops_on_sigterm(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "INFER_DATABASE_URL": settings.database_url,
+        "INFER_SECRETS_FILE": str(tmp_path / "secrets.json"),
+        "INFER_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEYS,
+        "INFER_ALLOW_PRIVATE_ENDPOINTS": "true",
+    }
+    with simulators(1) as endpoints:
+        await add_nodes(db, endpoints, 50)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "infer.cli", "monitor", env=env
+        )
+        try:
+            await eventually(lambda: _all_checked(db, 50), within=30)
+            child.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(child.wait(), 15)
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    assert code == 0
+    assert await checks_per_node(db) == [1] * 50

@@ -164,6 +164,12 @@ class HealthMonitor:
         log.exception("health sweep failed")
         return self.interval
 
+    async def wait_until_stopped(self) -> None:
+        """Sweep nothing, only answer `check_now`, until `stop` (another process sweeps)."""
+        while not self._stopping:
+            self._wake.clear()
+            await self._wake.wait()
+
     async def sweep(self) -> int:
         """Check every due node this replica manages to claim; returns how many."""
         work = _Sweep()

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import signal
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from infer.config import Settings
 from infer.db import Database, create_engine
 from infer.nodes.clients.base import Deadlines
 from infer.nodes.history import DEFAULT_RAW_CHECKS, DEFAULT_RETENTION
@@ -40,6 +42,29 @@ class MonitorConfig:
     deadlines: Deadlines
     raw_checks: int = DEFAULT_RAW_CHECKS
     retention: timedelta = DEFAULT_RETENTION
+    sweeping: bool = True  # False: only registrations' checks (`infer monitor` sweeps)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, sweeping: bool) -> MonitorConfig:
+        return cls(
+            database_url=settings.database_url,
+            database_timeout=settings.database_timeout,
+            pool_size=settings.health_database_pool,
+            allow_private=settings.allow_private_endpoints,
+            interval=settings.health_interval,
+            concurrency=settings.health_concurrency,
+            keyring=Keyring.parse(settings.secret("encryption_keys")),
+            deadlines=Deadlines(
+                connect=settings.upstream_connect_timeout,
+                first_byte=settings.upstream_first_byte_timeout,
+                idle=settings.upstream_idle_timeout,
+                total=settings.upstream_total_timeout,
+                health=settings.health_timeout,
+            ),
+            raw_checks=settings.health_raw_checks,
+            retention=timedelta(days=settings.health_retention_days),
+            sweeping=sweeping,
+        )
 
 
 class MonitorThread:
@@ -129,35 +154,60 @@ class MonitorThread:
             log.exception("the health monitor's thread ended")
 
     async def _main(self) -> None:
-        config = self.config
-        # The claim takes one connection and the batch writes one more at a time; max_overflow=0
-        # makes pool_size the bound, whatever else the process does.
-        db = Database(
-            create_engine(
-                config.database_url,
-                pool_size=config.pool_size,
-                max_overflow=0,
-                timeout=config.database_timeout,
-            )
-        )
-        http = create_http_client(allow_private=config.allow_private, deadlines=config.deadlines)
+        monitor = self._monitor = open_monitor(self.config, on_change=self._changed)
         try:
-            self._monitor = HealthMonitor(
-                db,
-                http,
-                interval=config.interval,
-                keyring=config.keyring,
-                deadlines=config.deadlines,
-                concurrency=config.concurrency,
-                on_change=self._changed,
-                raw_checks=config.raw_checks,
-                retention=config.retention,
-            )
             self._loop = asyncio.get_running_loop()
             self._task = asyncio.current_task()
             self._ready.set()
-            await self._monitor.run_forever()
+            if self.config.sweeping:
+                await monitor.run_forever()
+            else:
+                await monitor.wait_until_stopped()
         finally:
             self._loop = None
-            await http.aclose()
-            await db.dispose()
+            await close_monitor(monitor)
+
+
+def open_monitor(config: MonitorConfig, *, on_change: Callable[[], None] | None) -> HealthMonitor:
+    """A monitor on a database pool and node client of its own (close with `close_monitor`)."""
+    # The claim takes one connection and a batch write one more at a time; max_overflow=0
+    # makes pool_size the bound, whatever else the process does.
+    db = Database(
+        create_engine(
+            config.database_url,
+            pool_size=config.pool_size,
+            max_overflow=0,
+            timeout=config.database_timeout,
+        )
+    )
+    return HealthMonitor(
+        db,
+        create_http_client(allow_private=config.allow_private, deadlines=config.deadlines),
+        interval=config.interval,
+        keyring=config.keyring,
+        deadlines=config.deadlines,
+        concurrency=config.concurrency,
+        on_change=on_change,
+        raw_checks=config.raw_checks,
+        retention=config.retention,
+    )
+
+
+async def close_monitor(monitor: HealthMonitor) -> None:
+    await monitor.http.aclose()
+    await monitor.db.dispose()
+
+
+async def run_monitor(config: MonitorConfig) -> None:
+    """The monitor as a process of its own (`infer monitor`), until SIGTERM or SIGINT.
+
+    The gateways' catalogs see its changes when they next reload (every few seconds).
+    """
+    monitor = open_monitor(config, on_change=None)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, monitor.stop)
+    try:
+        await monitor.run_forever()
+    finally:
+        await close_monitor(monitor)
