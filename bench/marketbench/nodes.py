@@ -45,7 +45,8 @@ async def grow(db: Database, *, operators: list[uuid.UUID], endpoints: list[str]
     """Insert nodes until the market has `to`; how many were added.
 
     Each node is what a registration followed by one good check leaves: online, its model
-    available and priced, its details read (so a sweep measures routine checks only).
+    available and priced, its details read (so a sweep measures routine checks only), a
+    time set for its next check.
     """
     have = await count_nodes(db)
     micro_in, micro_out = parse_usd(PRICE_IN), parse_usd(PRICE_OUT)
@@ -66,6 +67,8 @@ async def grow(db: Database, *, operators: list[uuid.UUID], endpoints: list[str]
                     "capacity": CAPACITY,
                     "consecutive_failures": 0,
                     "consecutive_successes": 1,
+                    "last_checked_at": now,
+                    "next_check_at": now,
                     "created_at": now,
                     "updated_at": now,
                 }

@@ -63,13 +63,17 @@ class Nodes:
     async def all_due(self) -> tuple[int, datetime]:
         """Make every node due now, as after a restart or a mass registration.
 
-        Returns the node count and the database's clock at that moment.
+        Returns the node count and the database's clock at that moment. A registered node
+        always has a time for its next check (its first check sets one), so due means
+        a time now, not none.
         """
+        moment = await self.clock()
         count = await self.connection.fetchval(
-            f"WITH due AS (UPDATE nodes SET next_check_at = NULL WHERE {_LIVE} RETURNING 1) "
-            "SELECT count(*) FROM due"
+            "WITH due AS (UPDATE nodes SET next_check_at = $1 "
+            f"WHERE {_LIVE} RETURNING 1) SELECT count(*) FROM due",
+            moment,
         )
-        return int(count), await self.connection.fetchval("SELECT clock_timestamp()")
+        return int(count), moment
 
     async def unchecked_since(self, moment: datetime) -> int:
         return int(await self.connection.fetchval(_UNCHECKED, moment))
