@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gatewaybench.calls import Target
-from gatewaybench.cpu import CpuMeter
+from gatewaybench.cpu import CpuMeter, proc_cpu_seconds
 from gatewaybench.errors import BenchError
 from gatewaybench.lean import LeanPool
 from gatewaybench.load import Load, Row, Tally
@@ -59,11 +59,22 @@ def more_simulators(count: int, env: dict[str, str], workdir: Path) -> Iterator[
             service.stop()
 
 
+class ServingCpu(CpuMeter):
+    """The serving process's CPU as `platform`, its children's (`infer monitor`) as `monitor`."""
+
+    def read(self, *, opening: bool) -> dict[str, float]:
+        usage = super().read(opening=opening)
+        serving = proc_cpu_seconds(self.platform_pid)
+        usage["monitor"] = usage["platform"] - serving
+        usage["platform"] = serving
+        return usage
+
+
 class Market:
     """The running market and what measures it; `step` grows it and measures one size."""
 
     def __init__(
-        self, options: Options, db: Database, nodes: Nodes, cpu: CpuMeter, infer: Target
+        self, options: Options, db: Database, nodes: Nodes, cpu: ServingCpu, infer: Target
     ) -> None:
         self.options, self.db, self.nodes, self.cpu, self.infer = options, db, nodes, cpu, infer
         self.pool = LeanPool(size=max(options.requests))
@@ -149,7 +160,7 @@ async def run(options: Options, env: dict[str, str], database_url: str, workdir:
         )
         db = Database.from_url(database_url)
         nodes = await Nodes.open(PG_URL.format(name=options.database).replace("+asyncpg", ""))
-        cpu = CpuMeter(platform.pid, simulator.pid, options.database, redis=True)
+        cpu = ServingCpu(platform.pid, simulator.pid, options.database, redis=True)
         market = Market(options, db, nodes, cpu, infer)
         steps = []
         try:
@@ -181,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         env = platform_env(database_url, True, workdir)
         env["INFER_HEALTH_INTERVAL"] = f"{options.interval:g}"
+        if options.monitor:
+            env["INFER_HEALTH_MONITOR"] = options.monitor
         try:
             with contextlib.suppress(ImportError):
                 import uvloop  # the load generator's own overhead is smaller on uvloop

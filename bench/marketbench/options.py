@@ -22,6 +22,7 @@ class Options:
     min_probe_seconds: float  # /healthz is probed at least this long from a sweep's start
     plans: int  # routing plans timed per step
     database: str
+    monitor: str | None  # INFER_HEALTH_MONITOR for the platform; None: its default
     json_path: Path | None
 
 
@@ -50,6 +51,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--database", default="infer_market_bench", help="PostgreSQL database (recreated)"
     )
+    parser.add_argument(
+        "--monitor",
+        choices=("thread", "process"),
+        help="where the platform runs its health monitor (INFER_HEALTH_MONITOR; default: "
+        "the platform's default)",
+    )
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -70,5 +77,6 @@ def parse_options(argv: list[str] | None = None) -> Options:
         min_probe_seconds=1.0 if quick else 3.0,
         plans=200 if quick else 1000,
         database=args.database,
+        monitor=args.monitor,
         json_path=args.json_path,
     )
