@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from infer.routing import MemoryRouterState, RedisRouterState, RouterState
+from infer.routing.redis_state import REFRESH_PER_SYNC
 from infer.routing.state import EWMA_ALPHA, STALE_SECONDS
 
 Replicas = Callable[..., RedisRouterState]
@@ -398,3 +399,31 @@ async def test_a_call_retried_after_a_lost_reply_applies_nothing_twice(
     assert (await settled(other, node)).consecutive_failures == 1
     await state.close()
     await client.aclose()
+
+
+async def test_a_sync_in_a_large_market_sends_a_bounded_share_and_refreshes_all_in_turn(
+    replicas: Replicas,
+) -> None:
+    one, two = replicas(), replicas()
+    market = [uuid.uuid4() for _ in range(3 * REFRESH_PER_SYNC)]
+    await one.snapshot(market)
+    await one.sync()  # the first sync fetches every node a plan met
+    busy = market[0]
+    await one.acquire(busy)
+    sent: list[int] = []
+    script = one._script
+
+    async def counting(*, keys: list[str], args: list[object]) -> object:
+        sent.append(len(keys) - 2)  # the replicas' set and the acks come first
+        return await script(keys=keys, args=args)
+
+    one._script = counting  # type: ignore[assignment]
+    await two.acquire(market[-1])  # another replica's request on the last node
+    await two.sync()
+    for _ in range(3):
+        await one.sync()
+    assert max(sent) <= REFRESH_PER_SYNC + 1  # the busy node, then a share of the others
+    # Within three syncs every node came round once: the other replica's count arrived.
+    seen = await one.snapshot([market[-1], busy])
+    assert seen[market[-1]].in_flight == 1
+    assert seen[busy].in_flight == 1

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 NODE_KEY_TTL_SECONDS = 7 * 24 * 3600  # figures of nodes nobody routes to fade away
 MAX_PENDING_EVENTS = 10_000  # while Redis is away; older outcomes weigh little in an EWMA
 FORGET_NODE_SECONDS = 600.0  # a node no plan asked about (gone from the catalog)
+# Nodes a sync refreshes besides those it must send (see `_sync_ids`): the rest of a
+# large market's figures are refreshed in turn, so a sync's cost does not grow with it.
+REFRESH_PER_SYNC = 256
 STOP_TASK_SECONDS = 0.5  # of close()'s budget, for the sync task to stop
 
 
@@ -125,6 +128,10 @@ class RedisRouterState:
         self._script = client.register_script(SYNC)
         self._views: dict[uuid.UUID, _View] = {}
         self._dirty: set[uuid.UUID] = set()  # counts changed since the last sync left
+        self._busy: set[uuid.UUID] = set()  # with requests of ours in flight
+        self._unfetched: set[uuid.UUID] = set()  # views whose shared figures never came
+        self._ring: deque[uuid.UUID] = deque()  # every view, in the order syncs refresh them
+        self._forgot_at = 0.0
         self._events: deque[_Event] = deque(maxlen=MAX_PENDING_EVENTS)
         self._event_seq = 0
         self._call_seq = 0
@@ -158,6 +165,7 @@ class RedisRouterState:
     async def acquire(self, node_id: uuid.UUID) -> None:
         self._view(node_id).in_flight += 1
         self._dirty.add(node_id)
+        self._busy.add(node_id)
         self._touch()
 
     async def release(
@@ -171,6 +179,8 @@ class RedisRouterState:
         view = self._view(node_id)
         view.in_flight = max(0, view.in_flight - 1)
         self._dirty.add(node_id)
+        if not view.in_flight:
+            self._busy.discard(node_id)
         ttft, tps = _finite(ttft_ms), _finite(tokens_per_second)
         now = self._clock()
         view.record(ok=ok, ttft_ms=ttft, tokens_per_second=tps, now=now)
@@ -181,6 +191,8 @@ class RedisRouterState:
         if view is None:
             view = _View(key=self.node_key(node_id), seen_at=self._clock())
             self._views[node_id] = view
+            self._unfetched.add(node_id)
+            self._ring.append(node_id)
         return view
 
     def _queue(
@@ -250,12 +262,35 @@ class RedisRouterState:
         self.redis.succeeded()
         return True
 
+    def _sync_ids(self, dirty: set[uuid.UUID], *, leaving: bool) -> list[uuid.UUID]:
+        """The nodes a sync sends and refreshes: all it must, then some others in turn.
+
+        Must: counts changed or in flight, queued outcomes, nodes a plan just met (never
+        fetched). Others: REFRESH_PER_SYNC of the remaining views, round robin, so with
+        10,000 nodes known each is refreshed every few seconds while the nodes this
+        replica uses are refreshed by every sync; a sync costs the same at any market
+        size. Leaving sends every node (its counts are withdrawn everywhere).
+        """
+        views = self._views
+        if leaving or len(views) <= REFRESH_PER_SYNC:
+            return list(views)
+        must = dirty | self._busy | self._unfetched | {e.node_id for e in self._events}
+        ids = [node_id for node_id in must if node_id in views]
+        ring = self._ring
+        for _ in range(min(REFRESH_PER_SYNC, len(ring))):
+            node_id = ring.popleft()
+            if node_id in views:  # forgotten views leave the ring here
+                ring.append(node_id)
+                if node_id not in must:
+                    ids.append(node_id)
+        return ids
+
     async def _sync(self, *, leaving: bool) -> None:
         views = self._views
         if not views:
             return
-        ids = list(views)
         dirty, self._dirty = self._dirty, set()
+        ids = self._sync_ids(dirty, leaving=leaving)
         index = {node_id: i for i, node_id in enumerate(ids, 1)}
         counts = " ".join(
             f"{index[node_id]} {view.in_flight}"
@@ -312,6 +347,7 @@ class RedisRouterState:
             view.error_at = 0.0 if err_at == "-" else float(err_at) - offset
             view.cooldown_until = 0.0 if cool == "-" else float(cool) - offset
             view.failures = 0 if fails == "-" else int(fails)
+        self._unfetched.difference_update(ids)
         replaced = set(ids)
         for event in events:
             if event.node_id in replaced:
@@ -329,6 +365,10 @@ class RedisRouterState:
         )
 
     def _forget_stale(self, now: float) -> None:
+        # A walk over every view: once a minute is plenty for a 10-minute horizon.
+        if now - self._forgot_at < FORGET_NODE_SECONDS / 10:
+            return
+        self._forgot_at = now
         cutoff = now - FORGET_NODE_SECONDS
         stale = [
             node_id
@@ -340,6 +380,7 @@ class RedisRouterState:
             for node_id in stale:
                 if node_id not in queued:
                     del self._views[node_id]
+                    self._unfetched.discard(node_id)
 
     async def close(self) -> None:
         """Stop the sync, send what is queued and withdraw our counts: at most `close_timeout`."""
