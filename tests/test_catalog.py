@@ -13,6 +13,7 @@ from sqlmodel import col
 from infer.db import Database
 from infer.models import Node, NodeModel, NodeStatus, Runtime, User
 from infer.routing import NodeCatalog
+from infer.routing.catalog import THREADED_ROWS
 
 
 class Clock:
@@ -174,3 +175,44 @@ async def test_an_untagged_model_name_finds_the_latest_tag(db: Database) -> None
     catalog = NodeCatalog(db)
     assert [c.model for c in await catalog.candidates("llama3.2")] == ["llama3.2:latest"]
     assert await catalog.candidates("qwen2.5") == []
+
+
+async def test_a_large_market_loads_off_the_event_loop_and_serves_every_node(
+    db: Database,
+) -> None:
+    count = THREADED_ROWS + 50
+    async with db.transaction() as session:
+        user = User(email="big-operator@example.com")
+        session.add(user)
+        await session.flush()
+        nodes = [
+            Node(
+                operator_id=user.id,
+                name=f"n{i}",
+                runtime=Runtime.OLLAMA,
+                endpoint=f"http://n{i}.example:11434",
+                status=NodeStatus.ONLINE if i % 10 else NodeStatus.DEGRADED,
+                capacity=4,
+                latency_ms=float(i % 97),
+            )
+            for i in range(count)
+        ]
+        session.add_all(nodes)
+        await session.flush()
+        session.add_all(
+            NodeModel(
+                node_id=node.id,
+                model="llama3",
+                available=True,
+                input_price_per_million=100,
+                output_price_per_million=200,
+            )
+            for node in nodes
+        )
+    catalog = NodeCatalog(db)
+    found = await catalog.candidates("llama3")
+    assert len(found) == count
+    assert sum(c.degraded for c in found) == count // 10
+    assert await catalog.models() == ["llama3"]
+    index = await catalog.index("llama3")
+    assert index is not None

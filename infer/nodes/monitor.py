@@ -216,7 +216,7 @@ class HealthMonitor:
         claimed = await self._claim(limit=1, node_id=node_id, force=force)
         if not claimed:
             return False
-        jobs = await self._record([await self._check(claimed[0])])
+        jobs, _ = await self._record([await self._check(claimed[0])])
         described = await asyncio.gather(*(self._describe(job) for job in jobs))
         await self._write_details([d for d in described if d is not None])
         self._notify()
@@ -307,14 +307,21 @@ class HealthMonitor:
         results, work.results = work.results, []
         described, work.described = work.described, []
         work.first_at = None
+        changed = False
         if results:
-            self._details.extend(await self._record(results))
+            jobs, changed = await self._record(results)
+            self._details.extend(jobs)
         await self._write_details(described)
-        self._notify()
+        if changed or described:
+            self._notify()
 
     def _notify(self) -> None:
+        # Only for what routing must see at once (a status, the models on offer, their
+        # details); a latency that moved reaches the router with its next catalog load.
+        # At 10,000 nodes every batch moves some latency, and a reload per batch costs
+        # the gateway a walk over the whole market twice a second.
         if self._on_change is not None:
-            self._on_change()  # statuses, models or latency may have moved
+            self._on_change()
 
     async def _write_details(self, described: Sequence[Described]) -> None:
         rows = [
@@ -340,8 +347,9 @@ class HealthMonitor:
         async with self.db.core_transaction() as connection:
             await connection.execute(statement, rows)
 
-    async def _record(self, results: Sequence[CheckResult]) -> list[DetailsJob]:
-        """Write a batch of results in one transaction; returns the models to describe."""
+    async def _record(self, results: Sequence[CheckResult]) -> tuple[list[DetailsJob], bool]:
+        """Write a batch of results in one transaction: the models to describe, and
+        whether a node's status or the models it offers changed."""
         ids = sorted({result.node_id for result in results})
         async with self.db.transaction() as session:
             # Locked in id order, so that two writers of overlapping batches cannot deadlock.
@@ -354,18 +362,20 @@ class HealthMonitor:
             models = group_by(rows, answered, key=lambda row: row.node_id)
             jobs = []
             recorded = []
+            changed = False
             for result in results:
                 node = live.get(result.node_id)
                 if node is None:  # deleted or disabled while it was probed
                     continue
-                names = await _apply(
+                names, moved = await _apply(
                     session, node, result, models.get(node.id, []), interval=self.interval
                 )
+                changed = changed or moved
                 recorded.append(result)
                 if names:
                     jobs.append(DetailsJob(node, names))
             await record_checks(session, _history(recorded, live), keep=self.raw_checks)
-        return jobs
+        return jobs, changed
 
     async def _seconds_until_due(self) -> float:
         async with self.db.session() as session:
@@ -393,10 +403,13 @@ async def _apply(
     rows: Sequence[NodeModel],
     *,
     interval: float,
-) -> tuple[str, ...]:
-    """Move the node's health, latency and models by one check; the models to describe."""
+) -> tuple[tuple[str, ...], bool]:
+    """Move the node's health, latency and models by one check: the models to describe,
+    and whether its status or the models it offers changed."""
     probe = result.probe
     before = Health(node.status, node.consecutive_failures, node.consecutive_successes)
+    offered_before = {row.model for row in rows if row.available}
+    offered_after = offered_before if probe is None else set()
     health = after_check(before, ok=probe is not None)
     node.status = health.status
     node.consecutive_failures = health.failures
@@ -412,11 +425,12 @@ async def _apply(
             else LATENCY_WEIGHT * probe.latency_ms + (1 - LATENCY_WEIGHT) * node.latency_ms
         )
         offered = await _sync_models(session, node, probe, rows, result.checked_at)
+        offered_after = {row.model for row in offered}
         names = _due_for_details(offered)
     session.add(node)
     if health.status != before.status:
         session.add(_notification(node, health.status))
-    return names
+    return names, health.status != before.status or offered_after != offered_before
 
 
 def _history(results: Iterable[CheckResult], nodes: dict[uuid.UUID, Node]) -> list[HealthCheck]:
