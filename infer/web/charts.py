@@ -6,7 +6,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
+
+from infer.web.templates import money
 
 # Room for the value axis on the left and the labels underneath.
 _LEFT, _BOTTOM, _TOP = 56.0, 22.0, 8.0
@@ -114,3 +117,27 @@ def daily(
         else:
             points.append(Point(label, value(bucket), shown(bucket)))
     return points
+
+
+def money_per_day(
+    buckets: Sequence[Mapping[str, Any]],
+    *,
+    amount: str,
+    requests: str,
+    start: date,
+    end: date,
+    summary: str,
+) -> Chart:
+    """A bar per UTC day from `start` to `end` of an amount in the API's `byDay` buckets.
+
+    amount, requests: the bucket's fields with the money and the request count.
+    """
+    points = daily(
+        buckets,
+        value=lambda b: float(Decimal(str(b[amount]))),
+        shown=lambda b: f"{money(str(b[amount]))} · {b[requests]} requests",
+        end=end,
+        days=(end - start).days + 1,
+        zero="$0.00",
+    )
+    return bar_chart(points, axis=lambda v: money(f"{v:.6f}"), summary=summary)

@@ -49,18 +49,13 @@ def date_range(query: dict[str, str], *, today: date) -> tuple[date, date, dict[
 
 
 def earnings_chart(by_day: list[dict[str, Any]], *, start: date, end: date) -> charts.Chart:
-    points = charts.daily(
-        by_day,
-        value=lambda b: float(Decimal(str(b["earned"]))),
-        shown=lambda b: f"{money(str(b['earned']))} · {b['requestsServed']} requests",
-        end=end,
-        days=(end - start).days + 1,
-        zero="$0.00",
-    )
     total = sum((Decimal(str(b["earned"])) for b in by_day), Decimal(0))
-    return charts.bar_chart(
-        points,
-        axis=lambda v: money(f"{v:.6f}"),
+    return charts.money_per_day(
+        by_day,
+        amount="earned",
+        requests="requestsServed",
+        start=start,
+        end=end,
         summary=f"{money(str(total))} earned from {start:%b %d} to {end:%b %d}",
     )
 

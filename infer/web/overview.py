@@ -16,18 +16,13 @@ DAYS = 30
 
 
 def spend_chart(by_day: list[dict[str, object]], *, today: datetime) -> charts.Chart:
-    points = charts.daily(
-        by_day,
-        value=lambda b: float(Decimal(str(b["spent"]))),
-        shown=lambda b: f"{money(str(b['spent']))} · {b['totalRequests']} requests",
-        end=today.date(),
-        days=DAYS,
-        zero="$0.00",
-    )
     total = sum((Decimal(str(b["spent"])) for b in by_day), Decimal(0))
-    return charts.bar_chart(
-        points,
-        axis=lambda v: money(f"{v:.6f}"),
+    return charts.money_per_day(
+        by_day,
+        amount="spent",
+        requests="totalRequests",
+        start=today.date() - timedelta(days=DAYS - 1),
+        end=today.date(),
         summary=f"{money(str(total))} spent over the last {DAYS} days",
     )
 

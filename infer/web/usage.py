@@ -6,7 +6,6 @@ import csv
 import io
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -134,16 +133,15 @@ async def _provider_names(
 
 
 def spend_chart(by_day: list[dict[str, Any]], filters: Filters, spent: str) -> charts.Chart:
-    points = charts.daily(
-        by_day,
-        value=lambda b: float(Decimal(str(b["spent"]))),
-        shown=lambda b: f"{money(str(b['spent']))} · {b['totalRequests']} requests",
-        end=filters.end,
-        days=(filters.end - filters.start).days + 1,
-        zero="$0.00",
-    )
     summary = f"{money(spent)} spent from {filters.start:%b %d, %Y} to {filters.end:%b %d, %Y}"
-    return charts.bar_chart(points, axis=lambda v: money(f"{v:.6f}"), summary=summary)
+    return charts.money_per_day(
+        by_day,
+        amount="spent",
+        requests="totalRequests",
+        start=filters.start,
+        end=filters.end,
+        summary=summary,
+    )
 
 
 async def _results(web: Web, filters: Filters, after: str) -> dict[str, Any]:
