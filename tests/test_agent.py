@@ -158,7 +158,14 @@ def test_detect_prints_the_runtime_and_its_models_as_json(ollama: str, tmp_path:
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found["runtimes"] == [
-        {"runtime": "ollama", "endpoint": ollama, "version": "0.12.0", "models": list(MODELS)}
+        {
+            "runtime": "ollama",
+            "server": "ollama",
+            "endpoint": ollama,
+            "version": "0.12.0",
+            "models": list(MODELS),
+            "context_length": dict.fromkeys(MODELS, 8192),
+        }
     ]
     assert found["gpu"]["vendor"] in {"nvidia", "amd", "apple", "cpu"}
     assert set(found["host"]) == {"hostname", "os", "arch", "cpu_count", "memory_bytes"}
@@ -258,8 +265,8 @@ def test_a_refused_registration_is_one_line_and_exit_status_1(
         ({"--platform": "UNUSED"}, "infer: cannot reach the platform at http://127.0.0.1:"),
         ({"--endpoint": "node.example.com"}, "infer: --endpoint must be an http(s) URL"),
         ({"--price": "llama3.2:1b=cheap"}, "infer: --price takes IN/OUT"),
-        ({"--runtime": "vllm"}, "infer: --runtime is ollama or exo"),
-        ({"--ollama-url": "UNUSED"}, "infer: no Ollama or Exo answered at http://127.0.0.1:"),
+        ({"--runtime": "tgi"}, "infer: --runtime is ollama, exo, llama.cpp, vllm, lmstudio or"),
+        ({"--ollama-url": "UNUSED"}, "infer: no runtime answered (looked at http://127.0.0.1:"),
     ],
 )
 def test_bad_options_and_failures_are_one_line_errors(
@@ -331,7 +338,7 @@ def test_the_agent_rides_out_a_busy_platform_and_a_stopped_runtime(
     lines = out.getvalue().splitlines()
     assert lines[0] == "✕ error  the platform refused: slow down (RATE_LIMITED)"
     assert lines[1].startswith("● online  llama3.2:1b, qwen2.5:7b")
-    assert lines[2].startswith("○ offline  ollama did not answer")
+    assert lines[2].startswith("○ offline  Ollama did not answer")
 
 
 def test_the_agent_stops_on_a_refused_key(platform: tuple[Platform, str], ollama: str) -> None:

@@ -7,14 +7,31 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from infer.agent.detect import DetectedRuntime, Detection, RuntimeName, base_url
+from infer.agent.detect import (
+    SERVER_NAMES,
+    DetectedRuntime,
+    Detection,
+    RuntimeName,
+    ServerKind,
+    base_url,
+)
 from infer.agent.errors import NoRuntime
 from infer.agent.gpu import GpuInfo
 from infer.billing.money import MICROS_PER_USD, format_usd, parse_usd
 from infer.errors import BadInput
 
 MAX_PRICE_USD = Decimal(1000)  # per million tokens, as the platform allows
-_RUNTIMES: dict[str, RuntimeName] = {"ollama": "ollama", "exo": "exo"}
+_RUNTIMES: dict[str, ServerKind] = {
+    "ollama": "ollama",
+    "exo": "exo",
+    "openai": "openai",
+    "llama.cpp": "llama.cpp",
+    "llamacpp": "llama.cpp",
+    "llama-cpp": "llama.cpp",
+    "vllm": "vllm",
+    "lmstudio": "lmstudio",
+    "lm-studio": "lmstudio",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +55,7 @@ class RegistrationOptions:
     """The operator's choices; anything None is filled in from the detection."""
 
     name: str | None = None
-    runtime: RuntimeName | None = None
+    runtime: ServerKind | None = None
     endpoint: str | None = None
     prices: tuple[ModelPrice, ...] = ()
     default_price: tuple[str, str] | None = None
@@ -73,6 +90,7 @@ class Registration:
     models: tuple[str, ...]
     prices: tuple[ModelPrice, ...]
     gpu: GpuInfo
+    server: ServerKind | None = None  # which server it is (vllm, …); not sent
 
     def variables(self) -> dict[str, Any]:
         """The mutation's variables; without prices the platform keeps the ones it has."""
@@ -119,27 +137,36 @@ def parse_price(text: str) -> ModelPrice:
     return ModelPrice(model.strip(), low, high)
 
 
-def parse_runtime(text: str) -> RuntimeName:
-    """Checks a --runtime value."""
+def parse_runtime(text: str) -> ServerKind:
+    """Checks a --runtime value: a runtime (ollama, exo, openai) or a server (vllm, …)."""
     runtime = _RUNTIMES.get(text.strip().lower())
     if runtime is None:
-        raise BadInput("--runtime is ollama or exo", param="runtime")
+        raise BadInput(
+            "--runtime is ollama, exo, llama.cpp, vllm, lmstudio or openai", param="runtime"
+        )
     return runtime
 
 
-def choose_runtime(detection: Detection, wanted: RuntimeName | None) -> DetectedRuntime:
+def choose_runtime(detection: Detection, wanted: ServerKind | None) -> DetectedRuntime:
     """The runtime to register: the one asked for, or the only one found."""
-    where = " and ".join(detection.probed) or "this machine"
-    found = {runtime.runtime: runtime for runtime in detection.runtimes}
-    if wanted is not None:
-        if wanted not in found:
-            raise NoRuntime(f"{wanted} did not answer (looked at {where})")
-        return found[wanted]
+    where = ", ".join(detection.probed) or "this machine"
+    found = [
+        runtime
+        for runtime in detection.runtimes
+        if wanted is None or wanted in (runtime.kind, runtime.runtime)
+    ]
     if not found:
-        raise NoRuntime(f"no Ollama or Exo answered at {where}; start one first")
+        if wanted is not None:
+            raise NoRuntime(f"{SERVER_NAMES[wanted]} did not answer (looked at {where})")
+        raise NoRuntime(f"no runtime answered (looked at {where}); start one first")
     if len(found) > 1:
-        raise BadInput(f"found {' and '.join(found)}; pick one with --runtime", param="runtime")
-    return next(iter(found.values()))
+        names = " and ".join(f"{r.kind} at {r.endpoint}" for r in found)
+        raise BadInput(
+            f"found {names}; pick one with --runtime"
+            + (" and the matching --*-url option" if wanted is not None else ""),
+            param="runtime",
+        )
+    return found[0]
 
 
 def build_registration(detection: Detection, options: RegistrationOptions) -> Registration:
@@ -161,9 +188,10 @@ def build_registration(detection: Detection, options: RegistrationOptions) -> Re
         models=runtime.models,
         prices=tuple(sorted(prices.values(), key=lambda price: price.model)),
         gpu=detection.gpu,
+        server=runtime.kind,
     )
 
 
 def default_name(detection: Detection, runtime: DetectedRuntime) -> str:
     """hostname-runtime: stable across runs, so registering again updates the same node."""
-    return f"{detection.host.hostname}-{runtime.runtime}"
+    return f"{detection.host.hostname}-{runtime.kind.replace('.', '')}"
