@@ -20,7 +20,7 @@ setup(
     package_dir={"infer.migrations": "migrations", "infer.ui": "ui", "infer.graphql": "graphql"},
     package_data={
         "infer.migrations": ["script.py.mako"],
-        "infer.ui": ["templates/*.html", "static/*"],
+        "infer.ui": ["templates/*.html", "templates/console/*.html", "static/*"],
         "infer.graphql": ["*.graphql", "operations/*.graphql"],
     },
 )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -13,8 +14,10 @@ from infer.agent.detect import Detection
 from infer.agent.errors import NoRuntime, PlatformError
 from infer.agent.platform import RegisteredNode
 from infer.agent.register import Registration, RegistrationOptions, build_registration
+from infer.errors import InferError
 
 MODELS_SHOWN = 8
+LOG = logging.getLogger("infer.agent")
 _MARKS = {"online": ("●", "32"), "offline": ("○", "33"), "error": ("✕", "31")}  # ANSI colours
 
 
@@ -106,11 +109,54 @@ class Agent:
         self.node: RegisteredNode | None = None
         self.synced_at: datetime | None = None
         self.registrations = 0
+        self.detection: Detection | None = None
+        self.status: Status | None = None
+        self.stopped = threading.Event()
+        # The console registers from its own thread: one round at a time.
+        self._lock = threading.RLock()
 
     def step(self) -> Status:
         """One round. Raises on what waiting cannot fix (a refused key, a bad option)."""
+        with self._lock:
+            status = self._round()
+            if self.status is None or (status.state, status.detail) != (
+                self.status.state,
+                self.status.detail,
+            ):
+                LOG.log(
+                    logging.INFO if status.state == "online" else logging.WARNING,
+                    "%s: %s",
+                    status.state,
+                    status.detail,
+                )
+            self.status = status
+            return status
+
+    def register_with(self, options: RegistrationOptions) -> Status:
+        """A round with new options (the console's prices), kept only if not refused."""
+        with self._lock:
+            before, registered = self.options, self.registered
+            self.options, self.registered = options, None
+            try:
+                return self.step()
+            except InferError:
+                self.options, self.registered = before, registered
+                raise
+
+    def detected(self) -> Detection:
+        """The last round's detection, or a fresh one before the first round."""
+        if self.detection is None:
+            self.detection = self.detect()
+        return self.detection
+
+    def stop(self) -> None:
+        """Ends `run` at its next pause (the tray's Quit, the console's shutdown)."""
+        self.stopped.set()
+
+    def _round(self) -> Status:
         try:
-            registration = build_registration(self.detect(), self.options)
+            self.detection = self.detect()
+            registration = build_registration(self.detection, self.options)
         except NoRuntime as exc:
             return Status("offline", exc.message, self.synced_at)
         if self.options.runtime is None:
@@ -134,13 +180,14 @@ class Agent:
         *,
         interval: float,
         iterations: int | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
-        """Rounds every `interval` seconds, forever or `iterations` times."""
+        """Rounds every `interval` seconds, forever, `iterations` times, or until stopped."""
+        pause = self.stopped.wait if sleep is None else sleep
         done = 0
-        while True:
+        while not self.stopped.is_set():
             line.show(self.step())
             done += 1
             if iterations is not None and done >= iterations:
                 return
-            sleep(interval)
+            pause(interval)
