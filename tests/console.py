@@ -101,7 +101,11 @@ class Served:
 
 
 def detections(runtime_url: str) -> Detection:
-    return detect(ollama_url=runtime_url, exo_url=unused_url(), gpu=lambda: CPU, host=lambda: HOST)
+    """Ollama at the URL; every other usual place is a closed port (not this machine's own)."""
+    others = {
+        name: unused_url() for name in ("exo_url", "llamacpp_url", "vllm_url", "lmstudio_url")
+    }
+    return detect(ollama_url=runtime_url, gpu=lambda: CPU, host=lambda: HOST, **others)
 
 
 @contextlib.contextmanager
