@@ -14,6 +14,7 @@ from infer.accounts.service import authenticate_session
 from infer.audit import ClientInfo
 from infer.config import Settings
 from infer.errors import InferError, Unauthenticated, Unavailable
+from infer.keys.scopes import require_gateway
 from infer.resources import Resources
 
 SESSION_COOKIE = "infer_session"
@@ -58,6 +59,13 @@ async def key_principal(request: HTTPConnection, resources: Resources) -> Princi
     if not credentials:
         raise Unauthenticated("send your API key as 'Authorization: Bearer inf_…'")
     return await resources.authenticator.authenticate(credentials)
+
+
+async def gateway_principal(request: HTTPConnection, resources: Resources) -> Principal:
+    """As `key_principal`, for /api/v1: the key needs the GATEWAY scope (from its cache)."""
+    principal = await key_principal(request, resources)
+    require_gateway(principal.scopes)
+    return principal
 
 
 async def session_principal(request: HTTPConnection, resources: Resources) -> Principal | None:

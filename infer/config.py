@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # The public storefront (providers, provider) per client address; review writes per user.
     market_limit_address: str = "120/minute"
     review_limit_user: str = "10/hour"
+    # Enrolment codes (infer/keys/enrollment.py): their lifetime, redemptions per address.
+    enrollment_code_ttl: int = Field(default=900, ge=60, le=7 * 24 * 3600)
+    enrollment_limit_address: str = "20/hour"
     graphql_max_depth: int = Field(default=12, ge=1)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=2000, ge=1)
@@ -169,6 +172,7 @@ class Settings(BaseSettings):
         "signup_limit_address",
         "market_limit_address",
         "review_limit_user",
+        "enrollment_limit_address",
     )
     @classmethod
     def _rate_limit(cls, value: str) -> str:

@@ -3,6 +3,7 @@
 InferError
 ├── Unauthenticated      no or bad credentials
 ├── Forbidden            authenticated, but not allowed
+│   └── InsufficientScope  an API key without the scope this needs
 ├── NotFound             absent, or someone else's
 ├── BadInput             the request itself is wrong
 │   └── PayloadTooLarge  the body is over the limit
@@ -42,6 +43,10 @@ class Forbidden(InferError):
 
     code = "FORBIDDEN"
     status = 403
+
+
+class InsufficientScope(Forbidden):
+    """An API key whose scopes do not cover the call (a node key on the gateway)."""
 
 
 class NotFound(InferError):

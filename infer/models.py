@@ -94,6 +94,20 @@ class NodeStatus(enum.StrEnum):
     DEGRADED = "degraded"
     OFFLINE = "offline"
     DISABLED = "disabled"
+    # Never stored: what a node's status reads while its operator has paused it.
+    PAUSED = "paused"
+
+
+class ApiKeyScope(enum.StrEnum):
+    """What an API key may do: call the gateway, manage its owner's nodes, or the rest."""
+
+    GATEWAY = "gateway"
+    NODES = "nodes"
+    ACCOUNT = "account"
+
+
+ALL_SCOPES = frozenset(ApiKeyScope)
+ALL_SCOPES_TEXT = ",".join(ApiKeyScope)  # "gateway,nodes,account"
 
 
 class UsageStatus(enum.StrEnum):
@@ -160,6 +174,28 @@ class ApiKey(SQLModel, table=True):
     rotated_from_id: uuid.UUID | None = Field(default=None, foreign_key="api_keys.id")
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    # Comma-separated ApiKeyScope values (infer/keys/scopes.py reads and writes them).
+    scopes: str = Field(
+        default=ALL_SCOPES_TEXT,
+        max_length=64,
+        sa_column_kwargs={"server_default": ALL_SCOPES_TEXT},
+    )
+
+
+class EnrollmentCode(SQLModel, table=True):
+    """A one-time code an operator hands to a new node; redeemed for a node-scoped key."""
+
+    __tablename__ = "enrollment_codes"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    operator_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    digest: str = Field(max_length=64, unique=True)  # HMAC of the code; the code is not kept
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    used_at: datetime | None = _time(nullable=True)
+    api_key_id: uuid.UUID | None = Field(
+        default=None, foreign_key="api_keys.id", ondelete="SET NULL"
+    )
 
 
 class Node(SQLModel, table=True):
@@ -178,6 +214,8 @@ class Node(SQLModel, table=True):
         default=NodeStatus.PENDING, sa_type=StrEnumType(NodeStatus), index=True
     )
     status_reason: str | None = Field(default=None, max_length=500)
+    # Its operator stopped new requests (drain); health checks go on and set `status`.
+    paused: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     # What the last check left out of the runtime's model list (too many, bad names).
     models_note: str | None = Field(default=None, max_length=500)
     capacity: int = Field(default=4)
@@ -303,6 +341,7 @@ class UsageRecord(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_usage_buyer_time", "buyer_id", "created_at"),
         sa.Index("ix_usage_operator_time", "operator_id", "created_at"),
+        sa.Index("ix_usage_node_time", "node_id", "created_at"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from infer.models import Role
+from infer.models import ALL_SCOPES, ApiKeyScope, Role
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,11 @@ class Principal:
     # An API key replaced by a rotation, in its grace period: it may still call the gateway
     # (so running clients keep working until redeployed) but not manage the account.
     retiring: bool = False
+    # What an API key may do (infer/keys/scopes.py); a dashboard session may do it all.
+    scopes: frozenset[ApiKeyScope] = ALL_SCOPES
+
+    def may(self, scope: ApiKeyScope) -> bool:
+        return scope in self.scopes
 
     @property
     def is_admin(self) -> bool:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from infer.authentication import key_principal
+from infer.authentication import gateway_principal
 from infer.billing.money import format_usd
 from infer.completions.completion import Completion
 from infer.errors import InferError, UpstreamError
@@ -33,7 +33,7 @@ async def chat_completions(request: Request) -> Response:
     request_id = uuid.uuid4().hex
     headers = {"x-request-id": request_id}
     try:
-        principal = await key_principal(request, resources)
+        principal = await gateway_principal(request, resources)
         body = parse_body(await request.body(), max_tokens_limit=settings.max_tokens_limit)
         completion = await resources.completions.start(
             buyer=principal,
@@ -191,7 +191,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
 async def list_models(request: Request) -> Response:
     resources: Resources = request.state.resources
     try:
-        await key_principal(request, resources)
+        await gateway_principal(request, resources)
     except InferError as error:
         return error_response(error)
     models = await resources.router.catalog.models()

@@ -17,6 +17,7 @@ from sqlmodel import col, select
 from infer.accounts.principal import Principal
 from infer.db import Database
 from infer.errors import Unauthenticated
+from infer.keys.scopes import parse_scopes
 from infer.models import ApiKey, User, utcnow
 from infer.security import apikeys
 
@@ -107,6 +108,7 @@ class KeyAuthenticator:
                 requests_per_minute=key.requests_per_minute,
                 tokens_per_minute=key.tokens_per_minute,
                 retiring=bool(was_rotated),
+                scopes=parse_scopes(key.scopes),
             ),
             digest=key.digest,
             expires_at=key.expires_at,

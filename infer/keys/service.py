@@ -15,7 +15,8 @@ from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
 from infer.db import Database, group_by
 from infer.errors import BadInput, Conflict, NotFound
-from infer.models import ApiKey, utcnow
+from infer.keys.scopes import format_scopes, names, parse_scopes, requested_scopes
+from infer.models import ApiKey, ApiKeyScope, utcnow
 from infer.security import apikeys
 from infer.security.crypto import Keyring
 from infer.security.text import check_name
@@ -42,7 +43,14 @@ def _clean_name(name: str) -> str:
     return check_name(name, param="name", what="a key name")
 
 
-def _new_key(user_id: uuid.UUID, name: str, material: KeyMaterial) -> IssuedKey:
+def new_key(
+    user_id: uuid.UUID,
+    name: str,
+    material: KeyMaterial,
+    *,
+    scopes: frozenset[ApiKeyScope],
+) -> IssuedKey:
+    """A key row (not yet added to a session) and its secret."""
     secret = apikeys.generate_key()
     key_id = uuid.uuid4()
     version, ciphertext = material.keyring.encrypt(secret.encode(), aad=key_id.bytes)
@@ -54,11 +62,12 @@ def _new_key(user_id: uuid.UUID, name: str, material: KeyMaterial) -> IssuedKey:
         digest=apikeys.lookup_digest(secret, material.lookup_key),
         ciphertext=ciphertext,
         key_version=version,
+        scopes=format_scopes(scopes),
     )
     return IssuedKey(api_key=row, secret=secret)
 
 
-async def _active_count(session: AsyncSession, user_id: uuid.UUID) -> int:
+async def active_count(session: AsyncSession, user_id: uuid.UUID) -> int:
     now = utcnow()
     result = await session.exec(
         select(sa.func.count())
@@ -86,13 +95,21 @@ async def _owned_key(session: AsyncSession, principal: Principal, key_id: uuid.U
 
 
 async def create_key(
-    db: Database, *, principal: Principal, name: str, material: KeyMaterial, client: ClientInfo
+    db: Database,
+    *,
+    principal: Principal,
+    name: str,
+    material: KeyMaterial,
+    client: ClientInfo,
+    scopes: frozenset[ApiKeyScope] | None = None,
 ) -> IssuedKey:
+    """A new key with `scopes` (None: all), which must be within the caller's own."""
     name = _clean_name(name)
+    chosen = requested_scopes(scopes, holder=principal.scopes)
     async with db.transaction() as session:
-        if await _active_count(session, principal.user_id) >= MAX_ACTIVE_KEYS:
+        if await active_count(session, principal.user_id) >= MAX_ACTIVE_KEYS:
             raise BadInput(f"at most {MAX_ACTIVE_KEYS} active keys; revoke one first")
-        issued = _new_key(principal.user_id, name, material)
+        issued = new_key(principal.user_id, name, material, scopes=chosen)
         session.add(issued.api_key)
         audit.record(
             session,
@@ -100,6 +117,7 @@ async def create_key(
             client=client,
             actor_id=principal.user_id,
             target=f"api_key:{issued.api_key.id}",
+            details={"scopes": names(chosen)},
         )
     return issued
 
@@ -126,9 +144,11 @@ async def rotate_key(
         if await _was_rotated(session, old.id):
             raise Conflict("this key was already rotated; rotate its replacement", param="id")
         # With a grace period the old key stays active beside the new one for a while.
-        if grace_seconds and await _active_count(session, principal.user_id) >= MAX_ACTIVE_KEYS:
+        if grace_seconds and await active_count(session, principal.user_id) >= MAX_ACTIVE_KEYS:
             raise BadInput(f"at most {MAX_ACTIVE_KEYS} active keys; revoke one first")
-        issued = _new_key(principal.user_id, old.name, material)
+        # The replacement has the old key's scopes, which a narrower caller may not grant.
+        requested_scopes(parse_scopes(old.scopes), holder=principal.scopes)
+        issued = new_key(principal.user_id, old.name, material, scopes=parse_scopes(old.scopes))
         issued.api_key.rotated_from_id = old.id
         issued.api_key.requests_per_minute = old.requests_per_minute
         issued.api_key.tokens_per_minute = old.tokens_per_minute

@@ -247,6 +247,7 @@ def _on_sale() -> Any:
         .join(Node, col(NodeModel.node_id) == col(Node.id))
         .where(
             Node.status == NodeStatus.ONLINE,
+            col(Node.paused).is_(False),
             col(NodeModel.available).is_(True),
             (col(NodeModel.input_price_per_million) + col(NodeModel.output_price_per_million)) > 0,
         )

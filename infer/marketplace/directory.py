@@ -120,7 +120,7 @@ async def list_providers(
     start = None if after is None else decode_cursor(after, sort)
 
     offer_where: list[sa.ColumnElement[bool]] = [
-        (col(Node.status) == NodeStatus.ONLINE)
+        ((col(Node.status) == NodeStatus.ONLINE) & col(Node.paused).is_(False))
         if wanted.online_only
         else (col(Node.status) != NodeStatus.DISABLED),
         col(NodeModel.available).is_(True),
@@ -217,6 +217,7 @@ async def list_providers(
             .where(
                 col(Node.operator_id).in_(ids),
                 Node.status == NodeStatus.ONLINE,
+                col(Node.paused).is_(False),
                 col(NodeModel.available).is_(True),
                 _priced(),
             )

@@ -43,6 +43,7 @@ async def provider_page(db: Database, *, provider_id: uuid.UUID) -> Provider:
             .where(
                 Node.operator_id == provider_id,
                 Node.status == NodeStatus.ONLINE,
+                col(Node.paused).is_(False),
                 col(NodeModel.available).is_(True),
                 (col(NodeModel.input_price_per_million) + col(NodeModel.output_price_per_million))
                 > 0,

@@ -276,6 +276,26 @@ async def set_model_prices(
     return node
 
 
+async def set_paused(
+    db: Database, *, principal: Principal, node_id: uuid.UUID, paused: bool, client: ClientInfo
+) -> Node:
+    """Stop (or resume) new requests to a node; its health checks go on either way."""
+    async with db.transaction() as session:
+        node = await owned_node(session, principal, node_id)
+        if node.paused != paused:
+            node.paused = paused
+            node.updated_at = utcnow()
+            session.add(node)
+            audit.record(
+                session,
+                action="node.paused" if paused else "node.resumed",
+                client=client,
+                actor_id=principal.user_id,
+                target=f"node:{node_id}",
+            )
+    return node
+
+
 async def deregister_node(
     db: Database, *, principal: Principal, node_id: uuid.UUID, client: ClientInfo
 ) -> None:

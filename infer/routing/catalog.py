@@ -141,6 +141,7 @@ class NodeCatalog:
             .join(NodeModel, col(NodeModel.node_id) == col(Node.id))
             .where(
                 col(Node.status).in_([NodeStatus.ONLINE, NodeStatus.DEGRADED]),
+                col(Node.paused).is_(False),  # paused: drained, no new requests
                 col(NodeModel.available).is_(True),
                 # Never priced (a model the monitor found): not for sale, not free.
                 (col(NodeModel.input_price_per_million) + col(NodeModel.output_price_per_million))

@@ -11,9 +11,20 @@ from strawberry.types import Info
 
 from infer.errors import NotFound
 from infer.keys import service
+from infer.keys.scopes import parse_scopes
 from infer.models import ApiKey as ApiKeyRow
+from infer.models import ApiKeyScope as ApiKeyScopeValue
 from infer.schema.context import Context
 from infer.schema.permissions import require_principal
+
+ApiKeyScope = strawberry.enum(
+    ApiKeyScopeValue,
+    name="ApiKeyScope",
+    description=(
+        "What a key may do: GATEWAY calls /api/v1; NODES registers, updates and pauses"
+        " your nodes; ACCOUNT does everything else (keys, money, reviews, settings)."
+    ),
+)
 
 
 @strawberry.type(name="ApiKey")
@@ -31,6 +42,7 @@ class ApiKey:
         description="This key's own request limit; null means the platform's default."
     )
     tokens_per_minute: int | None
+    scopes: list[ApiKeyScope]  # type: ignore[valid-type]
 
     @classmethod
     def from_model(cls, row: ApiKeyRow, *, last_used_at: datetime | None = None) -> ApiKey:
@@ -45,6 +57,7 @@ class ApiKey:
             revoked_at=row.revoked_at,
             requests_per_minute=row.requests_per_minute,
             tokens_per_minute=row.tokens_per_minute,
+            scopes=[scope for scope in ApiKeyScopeValue if scope in parse_scopes(row.scopes)],
         )
 
 
@@ -65,7 +78,14 @@ def _issued(issued: service.IssuedKey) -> IssuedApiKey:
     return IssuedApiKey(api_key=ApiKey.from_model(issued.api_key), secret=issued.secret)
 
 
-async def create_api_key(info: Info[Context, Any], name: str) -> IssuedApiKey:
+async def create_api_key(
+    info: Info[Context, Any],
+    name: str,
+    scopes: Annotated[
+        list[ApiKeyScope] | None,  # type: ignore[valid-type]
+        strawberry.argument(description="What the key may do; null or absent: all three."),
+    ] = None,
+) -> IssuedApiKey:
     ctx = info.context
     issued = await service.create_key(
         ctx.resources.db,
@@ -73,6 +93,7 @@ async def create_api_key(info: Info[Context, Any], name: str) -> IssuedApiKey:
         name=name,
         material=ctx.resources.key_material,
         client=ctx.client,
+        scopes=None if scopes is None else frozenset(ApiKeyScopeValue(s) for s in scopes),
     )
     return _issued(issued)
 

@@ -25,8 +25,9 @@ from infer.marketplace.reviews import (
     rating_figures,
     reviews_by,
 )
-from infer.models import ApiKey, HealthCheck, MarketFigures, Node, NodeModel, Review
+from infer.models import ApiKey, HealthCheck, MarketFigures, Node, NodeModel, Review, utcnow
 from infer.nodes.registry import models_of_nodes, nodes_of_operators, recent_checks
+from infer.nodes.served import Served, served_since, start_of_day
 from infer.resources import Resources
 
 FiguresKey = tuple[Side, uuid.UUID, Period]
@@ -52,6 +53,7 @@ class Loaders:
     display_names: DataLoader[uuid.UUID, str] = field(init=False)
     provider_offers: DataLoader[uuid.UUID, list[ProviderOffer]] = field(init=False)
     own_reviews: DataLoader[tuple[uuid.UUID, uuid.UUID], Review | None] = field(init=False)
+    served_today: DataLoader[uuid.UUID, Served] = field(init=False)
 
     def __post_init__(self) -> None:
         self.balance = DataLoader(load_fn=self._balances)
@@ -67,6 +69,7 @@ class Loaders:
         self.display_names = DataLoader(load_fn=self._display_names)
         self.provider_offers = DataLoader(load_fn=self._provider_offers)
         self.own_reviews = DataLoader(load_fn=self._own_reviews)
+        self.served_today = DataLoader(load_fn=self._served_today)
 
     async def _balances(self, user_ids: list[uuid.UUID]) -> list[int]:
         async with self.resources.db.session() as session:
@@ -93,6 +96,11 @@ class Loaders:
         async with self.resources.db.session() as session:
             grouped = await models_of_nodes(session, node_ids)
         return [grouped[node_id] for node_id in node_ids]
+
+    async def _served_today(self, node_ids: list[uuid.UUID]) -> list[Served]:
+        async with self.resources.db.session() as session:
+            found = await served_since(session, node_ids, start_of_day(utcnow()))
+        return [found[node_id] for node_id in node_ids]
 
     async def _usage_figures(self, keys: list[FiguresKey]) -> list[Figures]:
         # One query per (side, period) asked for, however many users share it.

@@ -100,7 +100,7 @@ class PublicNode:
             name=row.name,
             gpu_class=str(name)[:100] if name else (str(vendor)[:100] if vendor else None),
             gpu_memory_mib=memory // 2**20 if isinstance(memory, int) and memory > 0 else None,
-            status=row.status,
+            status=NodeStatus.PAUSED if row.paused else row.status,
             id_=row.id,
         )
 

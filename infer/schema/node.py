@@ -73,13 +73,29 @@ async def _health_checks(root: Node, info: Info[Context, Any], last: int = 20) -
     ]
 
 
+@strawberry.type(name="NodeDay")
+class NodeDay:
+    requests: int = strawberry.field(description="Settled requests it served this UTC day.")
+    earnings: Money = strawberry.field(description="What you earned from them.")
+
+
+async def _served_today(root: Node, info: Info[Context, Any]) -> NodeDay:
+    served = await info.context.loaders.served_today.load(uuid.UUID(root.id))
+    return NodeDay(requests=served.requests, earnings=Money(served.earnings))
+
+
 @strawberry.type(name="Node")
 class Node:
     id: strawberry.ID
     name: str
     runtime: Runtime  # type: ignore[valid-type]
     endpoint: str
-    status: NodeStatus  # type: ignore[valid-type]
+    status: NodeStatus = strawberry.field(  # type: ignore[valid-type]
+        description="PAUSED while paused; otherwise what its health checks found."
+    )
+    paused: bool = strawberry.field(
+        description="Its operator stopped new requests to it; in-flight ones finish."
+    )
     status_reason: str | None = strawberry.field(description="Why the node is not online.")
     models_note: str | None = strawberry.field(
         description="Which of the runtime's models are not listed, and why (too many, bad names)."
@@ -95,6 +111,9 @@ class Node:
         resolver=_health_checks,
         description="The newest checks first (each node's last 100 are kept by default).",
     )
+    served_today: NodeDay = strawberry.field(
+        resolver=_served_today, description="What it served this UTC day, so far."
+    )
 
     @classmethod
     def from_model(cls, row: NodeRow) -> Node:
@@ -103,7 +122,8 @@ class Node:
             name=row.name,
             runtime=row.runtime,
             endpoint=row.endpoint,
-            status=row.status,
+            status=NodeStatusValue.PAUSED if row.paused else row.status,
+            paused=row.paused,
             status_reason=row.status_reason,
             models_note=row.models_note,
             has_token=row.token_ciphertext is not None,
@@ -227,6 +247,19 @@ async def set_model_prices(
         principal=require_principal(info),
         node_id=parse_node_id(node_id),
         prices=_prices(prices),
+        client=ctx.client,
+    )
+    ctx.resources.router.catalog.invalidate()
+    return Node.from_model(row)
+
+
+async def set_node_paused(info: Info[Context, Any], id: strawberry.ID, paused: bool) -> Node:
+    ctx = info.context
+    row = await registry.set_paused(
+        ctx.resources.db,
+        principal=require_principal(info),
+        node_id=parse_node_id(id),
+        paused=paused,
         client=ctx.client,
     )
     ctx.resources.router.catalog.invalidate()

@@ -6,13 +6,14 @@ import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 
-from infer.schema import api_key, marketplace, notification, user
+from infer.schema import api_key, enrollment, marketplace, notification, user
 from infer.schema import model as catalogue
 from infer.schema import node as nodes
 from infer.schema.errors import InferErrors, Schema
 from infer.schema.inputs import InputExecutor, InputRules
 from infer.schema.introspection import AnonymousIntrospection
 from infer.schema.scalars import SCALARS
+from infer.schema.scopes import KeyScopes
 
 
 @strawberry.type
@@ -107,6 +108,18 @@ class Mutation:
     deregister_node: bool = strawberry.mutation(
         resolver=nodes.deregister_node, description="Remove a node from the market."
     )
+    set_node_paused: nodes.Node = strawberry.mutation(
+        resolver=nodes.set_node_paused,
+        description="Pause (no new requests; in-flight ones finish) or resume your node.",
+    )
+    create_enrollment_code: enrollment.EnrollmentCode = strawberry.mutation(
+        resolver=enrollment.create_enrollment_code,
+        description="A one-time code that enrols a new node (`infer node join`).",
+    )
+    redeem_enrollment_code: enrollment.EnrolledKey = strawberry.mutation(
+        resolver=enrollment.redeem_enrollment_code,
+        description="Exchange an enrolment code for a key that manages its operator's nodes.",
+    )
 
 
 def build_schema(
@@ -122,6 +135,7 @@ def build_schema(
         lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
         InputRules,
+        KeyScopes,
         InferErrors,
     ]
     if not anonymous_introspection:
