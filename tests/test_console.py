@@ -88,6 +88,17 @@ def test_the_token_in_the_url_becomes_a_strict_cookie_and_leaves_the_url(served:
     assert served.access.token not in page.text
 
 
+def test_the_token_redirect_stays_on_the_console(served: Served) -> None:
+    with httpx.Client(base_url=served.base) as client:
+        for path in ("//evil.example/x", "/%5Cevil.example", "/%2F%2Fevil.example"):
+            entered = client.get(path, params={"token": served.access.token, "a": "1"})
+            assert entered.status_code == 303
+            location = entered.headers["location"]
+            assert location.startswith("/")
+            assert not location.startswith(("//", "/\\"))
+            assert location.endswith("?a=1")
+
+
 def test_a_wrong_host_header_is_refused(served: Served) -> None:
     with served.browser() as client:
         for host in ("evil.example", f"evil.example:{served.access.port}", "127.0.0.1:1"):

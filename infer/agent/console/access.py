@@ -140,9 +140,9 @@ class ConsoleGuard:
     def _enter(self, connection: HTTPConnection) -> Response:
         """Sets the cookie and sends the browser to the same URL without the token."""
         kept = [(k, v) for k, v in connection.query_params.multi_items() if k != "token"]
-        response = RedirectResponse(
-            connection.url.path + (f"?{urlencode(kept)}" if kept else ""), status_code=303
-        )
+        # One leading slash: "//x" or "/\\x" would send the browser to the site x.
+        path = "/" + connection.url.path.lstrip("/\\")
+        response = RedirectResponse(path + (f"?{urlencode(kept)}" if kept else ""), status_code=303)
         response.set_cookie(
             self.access.cookie, self.access.token, httponly=True, samesite="strict", path="/"
         )

@@ -63,7 +63,7 @@ def serve(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
         uvicorn.Config(
             app,
             log_config=None,
-            log_level=None,
+            log_level="warning",  # no start and stop lines across the agent's status line
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=1,
