@@ -63,11 +63,14 @@ def test_the_market_bench_prints_a_row_per_size_with_exact_books(tmp_path: Path)
     # 1: a target missed, which a busy machine may cause; 2 would be a failed run.
     assert done.returncode in (0, 1), done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert [row.split(" | ")[0] for row in rows[2:]] == ["| 10", "| 50"], done.stdout
+    # Each size, then the smallest again (the baseline is measured at both ends).
+    assert [row.split(" | ")[0] for row in rows[2:]] == ["| 10", "| 50", "| 10 again"], done.stdout
     assert "books: exact" in done.stdout
     assert "Targets" in done.stdout
-    steps = json.loads(out.read_text())
+    figures = json.loads(out.read_text())
+    steps = figures["steps"]
     assert [step["nodes"] for step in steps] == [10, 50]
+    assert figures["again"]["1"]["errors"] == 0 and figures["again"]["1"]["requests"] > 0
     for step in steps:
         assert step["sweep"]["unchecked"] == 0, "every node was checked in the sweep"
         assert step["sweep"]["nodes"] == step["nodes"]

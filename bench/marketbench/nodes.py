@@ -91,3 +91,19 @@ async def grow(db: Database, *, operators: list[uuid.UUID], endpoints: list[str]
             await connection.execute(sa.insert(Node), nodes)
             await connection.execute(sa.insert(NodeModel), models)
     return max(0, to - have)
+
+
+async def shrink(db: Database, *, to: int) -> int:
+    """Disable every node but the `to` first registered (the monitor and the router then
+    leave them out, as for an operator's disabled node); how many were disabled."""
+    keep = select(col(Node.id)).order_by(col(Node.created_at), col(Node.name)).limit(to)
+    async with db.transaction() as session:
+        connection = await session.connection()
+        result = await connection.execute(
+            sa.update(Node)
+            .where(
+                col(Node.id).not_in(keep.scalar_subquery()), col(Node.status) != NodeStatus.DISABLED
+            )
+            .values(status=NodeStatus.DISABLED, updated_at=utcnow())
+        )
+    return int(result.rowcount)

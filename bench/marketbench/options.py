@@ -15,6 +15,7 @@ class Options:
     interval: float  # the platform's health interval (INFER_HEALTH_INTERVAL), seconds
     requests: dict[int, int]  # measured requests per concurrency (fixed counts)
     warmup: int  # requests before each measured row
+    repeats: int  # turns the concurrencies take at each size; each keeps its median row
     row_seconds: float  # a measured row ends after this long even if its requests are not done
     simulators: int  # endpoints the nodes share
     operators: int
@@ -57,12 +58,19 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="where the platform runs its health monitor (INFER_HEALTH_MONITOR; default: "
         "the platform's default)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="gateway rows per concurrency at each size, taking turns; the median is kept "
+        "(default 3; --quick: 1)",
+    )
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     quick = args.quick
     interval = args.interval or (4.0 if quick else 60.0)
-    if interval <= 0 or args.simulators < 1 or args.operators < 1:
-        parser.error("--interval, --simulators and --operators must be positive")
+    repeats = args.repeats or (1 if quick else 3)
+    if interval <= 0 or args.simulators < 1 or args.operators < 1 or repeats < 1:
+        parser.error("--interval, --repeats, --simulators and --operators must be positive")
     if not args.database.isidentifier():
         parser.error("--database takes a plain name (letters, digits, _)")
     return Options(
@@ -70,6 +78,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         interval=interval,
         requests={1: 100, 16: 320} if quick else {1: 300, 16: 1600},
         warmup=10 if quick else 20,
+        repeats=repeats,
         row_seconds=5.0 if quick else 20.0,
         simulators=args.simulators,
         operators=args.operators,

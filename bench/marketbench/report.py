@@ -60,10 +60,25 @@ def table(steps: list[Step], interval: float) -> str:
     return "\n".join([head, rule, *(_row(step, interval) for step in steps)])
 
 
-def targets(steps: list[Step], interval: float) -> tuple[list[str], bool]:
+def again_row(nodes: int, rows: dict[int, Row]) -> str:
+    gateway = " | ".join(f"{row.rps:.0f} | {row.p50_ms:.2f}" for _, row in sorted(rows.items()))
+    cpu = rows[max(rows)].cpu_ms["platform"]
+    return f"| {nodes:,} again | {gateway} | {cpu:.2f} | | | | | | |"
+
+
+def baseline(first: Step, again: dict[int, Row], concurrency: int) -> float:
+    """The smallest market's requests/s: the mean of its rows at the run's start and end."""
+    measured = [first.rows[concurrency].rps]
+    if concurrency in again:
+        measured.append(again[concurrency].rps)
+    return sum(measured) / len(measured)
+
+
+def targets(steps: list[Step], again: dict[int, Row], interval: float) -> tuple[list[str], bool]:
     """PASS or FAIL for each target; the largest market against the smallest."""
     first, last = steps[0], steps[-1]
     lines, met = [], True
+    both = " (mean of the run's start and end)" if again else ""
 
     def judge(ok: bool, text: str) -> None:
         nonlocal met
@@ -71,11 +86,11 @@ def targets(steps: list[Step], interval: float) -> tuple[list[str], bool]:
         lines.append(f"- {'PASS' if ok else 'FAIL'}: {text}")
 
     for c, row in sorted(last.rows.items()):
-        kept = row.rps / first.rows[c].rps
+        kept = row.rps / baseline(first, again, c)
         judge(
             kept >= THROUGHPUT_KEPT,
             f"gateway at concurrency {c} keeps {kept:.0%} of its {first.nodes:,}-node "
-            f"throughput at {last.nodes:,} nodes (target ≥ {THROUGHPUT_KEPT:.0%})",
+            f"throughput{both} at {last.nodes:,} nodes (target ≥ {THROUGHPUT_KEPT:.0%})",
         )
     late = max(steps, key=lambda step: step.lateness_s)
     judge(
@@ -92,21 +107,28 @@ def targets(steps: list[Step], interval: float) -> tuple[list[str], bool]:
     return lines, met
 
 
-def report(options: Options, steps: list[Step], books: str) -> int:
+def report(options: Options, steps: list[Step], again: dict[int, Row], books: str) -> int:
     """Print the table, the books and the targets; 0 when every target is met."""
     counts = ", ".join(f"c={c}: {n}" for c, n in options.requests.items())
     print(
         f"\n### Market scale (PostgreSQL + Redis, one platform process, {options.simulators} "
         f"simulators shared by the nodes of {options.operators} operators, health interval "
         f"{options.interval:g} s, {os.cpu_count()} cores; requests per row {counts} after "
-        f"{options.warmup} warm-up; {revision()}, {time.strftime('%Y-%m-%d %H:%M %Z')})\n"
+        f"{options.warmup} warm-up, median of {options.repeats}; {revision()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')})\n"
     )
     print(table(steps, options.interval))
+    if again:
+        print(again_row(steps[0].nodes, again))
     print(f"\n{books}")
-    lines, met = targets(steps, options.interval)
+    lines, met = targets(steps, again, options.interval)
     print("\nTargets (the largest market against the smallest):\n" + "\n".join(lines))
     if options.json_path is not None:
-        options.json_path.write_text(json.dumps([asdict(step) for step in steps], indent=2))
+        figures = {
+            "steps": [asdict(step) for step in steps],
+            "again": {c: asdict(row) for c, row in again.items()},
+        }
+        options.json_path.write_text(json.dumps(figures, indent=2))
     return 0 if met else 1
 
 
@@ -119,3 +141,10 @@ def progress(step: Step) -> str:
         f"{step.lateness_s:.1f} s, /healthz p99 {step.sweep.healthz_p99_ms:.2f} ms, "
         f"plan {step.plan_us:.0f} µs, {rows}"
     )
+
+
+def progress_again(nodes: int, rows: dict[int, Row]) -> str:
+    figures = "  ".join(
+        f"c={c} {row.rps:.0f} req/s p50 {row.p50_ms:.2f} ms" for c, row in sorted(rows.items())
+    )
+    return f"  {nodes:>6,} nodes again: {figures}"

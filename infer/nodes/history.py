@@ -9,6 +9,7 @@ interval. Hourly, not per minute: eight days of a node are 192 rows instead of 1
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -62,28 +63,31 @@ async def record_checks(
 ) -> None:
     """Store a batch of new checks: raw rows, their hourly rollups, each node trimmed to `keep`.
 
-    Three statements whatever the batch's size (the rows given are inserted as values,
-    not added to the session); the caller's transaction commits them.
+    Three statements whatever the batch's size, each compiled once for every size: rows
+    go as parameter lists (SQLAlchemy sends them as multi-row VALUES), not as a VALUES
+    clause built per batch. The caller's transaction commits them.
     """
     if not results:
         return
-    await session.exec(
-        sa.insert(HealthCheck).values(
-            [
-                {
-                    "node_id": r.node_id,
-                    "checked_at": r.checked_at,
-                    "ok": r.ok,
-                    "latency_ms": r.latency_ms,
-                    "model_count": r.model_count,
-                    "error": r.error,
-                }
-                for r in results
-            ]
-        )
+    connection = await session.connection()
+    await connection.execute(
+        _INSERT_CHECK,
+        [
+            {
+                "node_id": r.node_id,
+                "checked_at": r.checked_at,
+                "ok": r.ok,
+                "latency_ms": r.latency_ms,
+                "model_count": r.model_count,
+                "error": r.error,
+            }
+            for r in results
+        ],
     )
-    await session.exec(_upsert(_dialect(session), rollups(results)))
-    await session.exec(_trim(sorted({r.node_id for r in results}, key=str), keep=keep))
+    await connection.execute(_upsert(connection.dialect.name), rollups(results))
+    await connection.execute(
+        _trim(keep=keep), {"node_ids": sorted({r.node_id for r in results}, key=str)}
+    )
 
 
 async def prune_history(
@@ -97,14 +101,13 @@ async def prune_history(
     )
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.get_bind().dialect.name
+_INSERT_CHECK = sa.insert(HealthCheck)
 
 
-def _upsert(dialect: str, rows: list[dict[str, Any]]) -> sa.Insert:
-    """One INSERT .. ON CONFLICT DO UPDATE adding the batch's sums to the stored ones."""
+@functools.cache
+def _upsert(dialect: str) -> sa.Insert:
+    """INSERT .. ON CONFLICT DO UPDATE adding a batch's sums to the stored ones."""
     insert = (postgresql if dialect == "postgresql" else sqlite).insert(NodeHealthRollup)
-    insert = insert.values(rows)
     new = insert.excluded
     stored_max = col(NodeHealthRollup.latency_max)
     # Portable max of two nullable floats: PostgreSQL's GREATEST is SQLite's max(a, b),
@@ -126,8 +129,9 @@ def _upsert(dialect: str, rows: list[dict[str, Any]]) -> sa.Insert:
     return statement
 
 
-def _trim(node_ids: Sequence[uuid.UUID], *, keep: int) -> sa.Delete:
-    """Delete the checks of these nodes older than each one's `keep` newest.
+@functools.cache
+def _trim(*, keep: int) -> sa.Delete:
+    """Delete the checks of the nodes `node_ids` (a parameter) older than each one's `keep` newest.
 
     A window over each node's rows, which are never many more than `keep` (read along
     the (node_id, checked_at) index), rather than a correlated subquery run per row.
@@ -139,7 +143,7 @@ def _trim(node_ids: Sequence[uuid.UUID], *, keep: int) -> sa.Delete:
     )
     ranked = (
         sa.select(col(HealthCheck.id), newest)
-        .where(col(HealthCheck.node_id).in_(node_ids))
+        .where(col(HealthCheck.node_id).in_(sa.bindparam("node_ids", expanding=True)))
         .subquery()
     )
     old = sa.select(ranked.c.id).where(ranked.c.newest > keep)
