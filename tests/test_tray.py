@@ -35,13 +35,7 @@ def tray(pystray: Any, served: Served) -> Iterator[Tray]:
     opened: list[str] = []
     quits: list[bool] = []
     client = ConsoleClient(served.access.url, served.access.token)
-    icon = Tray(
-        pystray,
-        client,
-        console_url=served.access.url_with_token,
-        on_quit=lambda: quits.append(True),
-        open_url=opened.append,
-    )
+    icon = Tray(pystray, client, on_quit=lambda: quits.append(True), open_url=opened.append)
     icon.opened, icon.quits = opened, quits  # type: ignore[attr-defined]
     yield icon
     client.close()
@@ -101,7 +95,7 @@ def test_a_console_that_stopped_turns_the_icon_grey(pystray: Any, tmp_path: Path
     ):
         served.agent.step()
         client = ConsoleClient(served.access.url, served.access.token)
-        tray = Tray(pystray, client, console_url="", on_quit=lambda: None)
+        tray = Tray(pystray, client, on_quit=lambda: None)
         tray.refresh()
         assert colour_of(tray) == rgb(GREEN)
     tray.refresh()
@@ -114,7 +108,7 @@ def test_an_offline_runtime_turns_the_icon_red(pystray: Any, tmp_path: Path) -> 
     with serve_console(unused_url(), tmp_path) as served:  # no runtime answers there
         served.agent.step()
         client = ConsoleClient(served.access.url, served.access.token)
-        tray = Tray(pystray, client, console_url="", on_quit=lambda: None)
+        tray = Tray(pystray, client, on_quit=lambda: None)
         tray.refresh()
         client.close()
     assert colour_of(tray) == rgb(RED)
@@ -133,3 +127,23 @@ def test_without_a_desktop_there_is_no_tray_and_a_reason(monkeypatch: pytest.Mon
     module, why = load_pystray()
     assert module is None
     assert why == "no desktop (DISPLAY is unset)"
+
+
+def test_a_tray_of_the_link_file_follows_a_restarted_agent(pystray: Any, tmp_path: Path) -> None:
+    with serve_simulator_in_thread(SimulatorConfig()) as runtime:
+        with serve_console(runtime, tmp_path) as first:
+            client = ConsoleClient.from_file(first.address_file)
+            assert client is not None
+            tray = Tray(pystray, client, on_quit=lambda: None)
+            tray.refresh()
+            assert "not registered" in tray.icon.title
+        with serve_console(runtime, tmp_path) as second:  # a new port and a new token
+            second.agent.step()
+            tray.refresh()
+            assert colour_of(tray) == rgb(GREEN)
+            assert client.link == second.access.url_with_token
+    client.close()
+
+
+def test_no_link_file_means_no_client(tmp_path: Path) -> None:
+    assert ConsoleClient.from_file(tmp_path / "console.json") is None

@@ -12,10 +12,13 @@ import threading
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
+
+from infer.agent.console.server import ConsoleAddress, read_address
 
 POLL_SECONDS = 3.0
 TIMEOUT = httpx.Timeout(5.0)
@@ -49,16 +52,42 @@ class TrayStatus:
 
 
 class ConsoleClient:
-    """The console's three JSON calls, with its token as a Bearer credential."""
+    """The console's three JSON calls, with its token as a Bearer credential.
+
+    Given the console's link file, a client whose console stopped answering reads the
+    file again: an agent restarted (a service, say) serves a new port and token.
+    """
 
     def __init__(
-        self, url: str, token: str, *, transport: httpx.BaseTransport | None = None
+        self,
+        url: str,
+        token: str,
+        *,
+        address_file: Path | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        self.address_file = address_file
+        self.transport = transport
+        self._connect(ConsoleAddress(url=url, token=token, pid=0))
+
+    @classmethod
+    def from_file(cls, path: Path) -> ConsoleClient | None:
+        """A client of the console an agent on this machine serves, or None if none does."""
+        found = read_address(path)
+        return None if found is None else cls(found.url, found.token, address_file=path)
+
+    @property
+    def link(self) -> str:
+        """The console's address with its token, for a browser."""
+        return self.address.url_with_token
+
+    def _connect(self, address: ConsoleAddress) -> None:
+        self.address = address
         self._http = httpx.Client(
-            base_url=url,
-            headers={"Authorization": f"Bearer {token}"},
+            base_url=address.url,
+            headers={"Authorization": f"Bearer {address.token}"},
             timeout=TIMEOUT,
-            transport=transport,
+            transport=self.transport,
             follow_redirects=False,
         )
 
@@ -75,6 +104,21 @@ class ConsoleClient:
         return self._call("POST", "/api/resume")
 
     def _call(self, method: str, path: str) -> TrayStatus:
+        status = self._once(method, path)
+        if status.state == "unknown" and self._moved():
+            status = self._once(method, path)
+        return status
+
+    def _moved(self) -> bool:
+        """Reconnects if the link file names another console than this one."""
+        found = read_address(self.address_file) if self.address_file else None
+        if found is None or (found.url, found.token) == (self.address.url, self.address.token):
+            return False
+        self._http.close()
+        self._connect(found)
+        return True
+
+    def _once(self, method: str, path: str) -> TrayStatus:
         try:
             response = self._http.request(method, path)
             body: Any = response.json()
@@ -124,12 +168,10 @@ class Tray:
         pystray: ModuleType,
         client: ConsoleClient,
         *,
-        console_url: str,
         on_quit: Callable[[], None],
         open_url: Callable[[str], object] = webbrowser.open,
     ) -> None:
         self.client = client
-        self.console_url = console_url
         self.on_quit = on_quit
         self.open_url = open_url
         self.status = TrayStatus("unknown")
@@ -179,7 +221,7 @@ class Tray:
             self._stopped.wait(POLL_SECONDS)
 
     def _open(self, icon: Any = None, item: Any = None) -> None:
-        self.open_url(self.console_url)
+        self.open_url(self.client.link)
 
     def _pause(self, icon: Any = None, item: Any = None) -> None:
         self.show(self.client.pause())
