@@ -1,9 +1,11 @@
 """The operator agent's failures, part of the one InferError tree.
 
 InferError
-└── AgentError         the agent could not do its job
-    ├── NoRuntime      no LLM runtime answers on this machine
-    └── PlatformError  the platform is unreachable, or refused the request
+└── AgentError                      the agent could not do its job
+    ├── NoRuntime                   no LLM runtime answers on this machine
+    ├── PlatformError               the platform is unreachable, or refused the request
+    ├── AlreadyJoined               this box keeps a node key already
+    └── RegistrationAfterJoinFailed join stored its key, then registering failed
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ class AgentError(InferError):
 
 
 class NoRuntime(AgentError):
-    """Neither Ollama nor Exo answered where the agent looked."""
+    """No runtime (Ollama, Exo, llama.cpp, vLLM, LM Studio, …) answered where the agent looked."""
 
     code = "NO_RUNTIME"
 
@@ -38,3 +40,15 @@ class PlatformError(AgentError):
         super().__init__(message)
         self.platform_code = platform_code
         self.retryable = retryable
+
+
+class AlreadyJoined(AgentError):
+    """This box already keeps a node key; joining again would leave that one behind."""
+
+    code = "ALREADY_JOINED"
+
+
+class RegistrationAfterJoinFailed(AgentError):
+    """The enrolment code was exchanged and the key stored, but registering the node failed."""
+
+    code = "REGISTRATION_FAILED"
