@@ -161,7 +161,9 @@ class Agent:
             return Status("offline", exc.message, self.synced_at)
         if self.options.runtime is None:
             # Stick with the runtime found first, even if another one starts later.
-            self.options = replace(self.options, runtime=registration.runtime)
+            self.options = replace(
+                self.options, runtime=registration.server or registration.runtime
+            )
         if registration != self.registered:
             try:
                 self.node = self.platform.register_node(registration)
