@@ -194,10 +194,23 @@ def test_a_refusal_of_the_platform_is_an_alert_and_keeps_the_old_prices(
             headers={"HX-Request": "true", "HX-Target": "prices", **csrf_of(served)},
         )
     assert answer.status_code == 502
-    assert 'role="alert"' in answer.text
-    assert "the platform refused: no" in answer.text
-    assert "Traceback" not in answer.text
+    assert answer.headers["hx-retarget"] == "#alerts"  # where no poll replaces it
+    assert answer.text.strip() == (
+        '<div class="alert" role="alert"><p>the platform refused: no (BAD_USER_INPUT)</p></div>'
+    )
     assert served.agent.options.prices == ()
+
+
+def test_a_pause_the_platform_refuses_is_an_alert_on_the_page(served: Served) -> None:
+    served.agent.step()
+    served.platform.refuse = PlatformError("the platform refused: nope <b>x</b> (FORBIDDEN)")
+    with served.browser() as client:
+        answer = client.post("/pause", data={"csrf_token": served.access.csrf_token})
+    assert answer.status_code == 502
+    assert '<div id="alerts" aria-live="assertive"><div class="alert" role="alert">' in answer.text
+    assert "nope &lt;b&gt;x&lt;/b&gt; (FORBIDDEN)" in answer.text
+    assert "Traceback" not in answer.text
+    assert served.platform.pauses == []
 
 
 def test_the_tray_reads_status_and_pauses_with_the_bearer_token(served: Served) -> None:

@@ -98,6 +98,16 @@ class Console:
         response.headers["cache-control"] = "no-store"
         return response
 
+    async def failure(self, request: Request, status_code: int, message: str) -> HTMLResponse:
+        """A failure: for htmx, the message in the page's alert area (which no poll
+        replaces); for a plain form post, the page with the message on top."""
+        if not request.headers.get("hx-request"):
+            return await self.render(request, status_code, alert=message)
+        context = {"alert": message, "notice": None, "target": None}
+        html = self.templates.block(PAGE, "alert", {}, context)
+        headers = {"HX-Retarget": "#alerts", "HX-Reswap": "innerHTML", "cache-control": "no-store"}
+        return HTMLResponse(html, status_code=status_code, headers=headers)
+
 
 def _console(request: Request) -> Console:
     console: Console = request.app.state.console
@@ -131,17 +141,17 @@ async def save_prices(request: Request) -> Response:
     try:
         models = choose_runtime(detection, agent.options.runtime).models
     except (AgentError, BadInput) as exc:
-        return await console.render(request, 409, alert=exc.message)
+        return await console.failure(request, 409, exc.message)
     rows, prices = read_form(form, models)
     if any(row.errors for row in rows):
         return await _invalid(request, console, rows)
     try:
         status = await run_in_threadpool(agent.register_with, replace(agent.options, prices=prices))
     except InferError as exc:
-        return await console.render(request, 502, alert=exc.message)
+        return await console.failure(request, 502, exc.message)
     console.control.forget()
     if status.state != "online":
-        return await console.render(request, 502, alert=status.detail)
+        return await console.failure(request, 502, status.detail)
     LOG.info("prices saved for %d models", len(prices))
     return _done(request) or await console.render(request, notice="Saved: the node is registered.")
 
@@ -165,11 +175,11 @@ async def _set_paused(request: Request, *, paused: bool) -> Response:
         return form
     node = console.agent.node
     if node is None:
-        return await console.render(request, 409, alert="Register the node first.")
+        return await console.failure(request, 409, "Register the node first.")
     try:
         await run_in_threadpool(console.control.set_paused, node.id, paused=paused)
     except PlatformError as exc:
-        return await console.render(request, 502, alert=exc.message)
+        return await console.failure(request, 502, exc.message)
     LOG.info("paused: no new requests" if paused else "resumed: taking requests again")
     return _done(request) or await console.render(request)
 
