@@ -18,6 +18,8 @@ from infer.web.templates import Templates
 
 def keep_log() -> Logbook:
     """The agent's log goes to the console only: on the terminal it would break the live line."""
+    for earlier in [h for h in LOG.handlers if isinstance(h, Logbook)]:
+        LOG.removeHandler(earlier)  # an earlier agent in this process (tests run several)
     logbook = Logbook()
     LOG.addHandler(logbook)
     LOG.setLevel(logging.INFO)
