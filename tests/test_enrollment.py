@@ -11,6 +11,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import PASSWORD, SIGN_UP, GraphQLClient, http_client, started
+from dashboard import Dashboard
 from sqlmodel import col, select
 from starlette.types import ASGIApp
 
@@ -178,3 +179,29 @@ async def test_redemptions_are_rate_limited_per_address(settings: Settings) -> N
             await box(REDEEM, {"c": "AAAA-BBBB-CCCC-DDDD"}, expect_errors=True)
         body = await box(REDEEM, {"c": "AAAA-BBBB-CCCC-DDDD"}, expect_errors=True)
     assert _code(body) == "RATE_LIMITED"
+
+
+async def test_the_nodes_page_adds_a_node_with_a_code_and_its_join_command(
+    client: httpx.AsyncClient, node_box: httpx.AsyncClient
+) -> None:
+    dashboard = Dashboard(client)
+    await dashboard.sign_up("ann@example.com")
+    page = await dashboard.get("/nodes")
+    assert 'action="/nodes/enrol"' in page.html
+    page = await dashboard.post("/nodes/enrol", htmx=True)
+    assert page.status == 201
+    command = re.search(r'<code id="enrol-command">([^<]+)</code>', page.html)
+    assert command is not None
+    assert 'data-copy="#enrol-command"' in page.html
+    code = command.group(1).rsplit(" ", 1)[1]
+    assert command.group(1) == f"infer node join --platform http://127.0.0.1:8000 --code {code}"
+    enrolled = await GraphQLClient(node_box)(REDEEM, {"c": code, "n": "desk"})
+    assert enrolled["data"]["redeemEnrollmentCode"]["apiKey"]["name"] == "node: desk"  # type: ignore[index]
+
+
+async def test_adding_a_node_needs_the_csrf_token(client: httpx.AsyncClient) -> None:
+    dashboard = Dashboard(client)
+    await dashboard.sign_up("ann@example.com")
+    dashboard.token = "forged"
+    page = await dashboard.post("/nodes/enrol")
+    assert page.status == 403

@@ -9,6 +9,7 @@ from decimal import Decimal
 import httpx
 import pytest
 from conftest import CREATE_KEY, PASSWORD, SIGN_UP
+from dashboard import Dashboard
 
 from infer.app import create_app
 from infer.audit import ClientInfo
@@ -180,3 +181,53 @@ async def test_pausing_someone_elses_node_is_not_found(platform: Platform) -> No
     )
     assert response.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     assert (await platform.node())["paused"] is False
+
+
+@pytest.fixture
+def dashboard(client: httpx.AsyncClient) -> Dashboard:
+    return Dashboard(client)
+
+
+async def _registered(dashboard: Dashboard) -> str:
+    await dashboard.sign_up("operator@example.com")
+    await dashboard.get("/nodes")
+    form = {"name": "desk", "runtime": "OLLAMA", "endpoint": "http://127.0.0.1:9"}
+    page = await dashboard.post("/nodes", form)
+    assert page.status == 303, page.text
+    return page.response.headers["location"].rsplit("/", 1)[1]
+
+
+async def test_the_node_page_pauses_and_resumes_in_place(dashboard: Dashboard) -> None:
+    node_id = await _registered(dashboard)
+    await dashboard.get(f"/nodes/{node_id}")
+    page = await dashboard.post(f"/nodes/{node_id}/pause", {"back": "node"}, htmx=True)
+    assert page.status == 200
+    assert 'id="node-status"' in page.html
+    assert "Paused: it gets no new requests" in page.text
+    assert f'action="/nodes/{node_id}/resume"' in page.html
+    page = await dashboard.post(f"/nodes/{node_id}/resume", {"back": "node"})
+    assert page.status == 303
+    assert page.response.headers["location"] == f"/nodes/{node_id}"
+    page = await dashboard.get(f"/nodes/{node_id}")
+    assert f'action="/nodes/{node_id}/pause"' in page.html
+    assert "Paused:" not in page.text
+
+
+async def test_the_node_list_pauses_a_node_and_shows_it_paused(dashboard: Dashboard) -> None:
+    node_id = await _registered(dashboard)
+    await dashboard.get("/nodes")
+    page = await dashboard.post(f"/nodes/{node_id}/pause", {"back": "list"}, htmx=True)
+    assert page.status == 200
+    assert "status-PAUSED" in page.html
+    assert f'action="/nodes/{node_id}/resume"' in page.html
+    page = await dashboard.post(f"/nodes/{node_id}/resume", {"back": "list"})
+    assert page.response.headers["location"] == "/nodes"
+
+
+async def test_pausing_needs_the_csrf_token(dashboard: Dashboard) -> None:
+    node_id = await _registered(dashboard)
+    dashboard.token = "forged"
+    page = await dashboard.post(f"/nodes/{node_id}/pause", {"back": "list"})
+    assert page.status == 403
+    page = await dashboard.get(f"/nodes/{node_id}")
+    assert f'action="/nodes/{node_id}/pause"' in page.html

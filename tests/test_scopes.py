@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from conftest import PASSWORD, SIGN_UP, GraphQLClient
+from dashboard import Dashboard
 from graphql import parse, validate
 
 from infer.models import ALL_SCOPES, ApiKeyScope
@@ -233,3 +234,31 @@ async def test_a_full_key_and_the_session_have_every_scope(signed_in: GraphQLCli
     body = await signed_in("{ me { balance apiKeys { scopes } } }", key=key)
     assert body["data"]["me"]["apiKeys"][0]["scopes"] == [s.name for s in ApiKeyScope]  # type: ignore[index]
     assert {s.name for s in ALL_SCOPES} == {"GATEWAY", "NODES", "ACCOUNT"}
+
+
+async def test_the_keys_page_creates_a_key_with_the_scopes_ticked(
+    client: httpx.AsyncClient, signed_in: GraphQLClient
+) -> None:
+    dashboard = Dashboard(client)
+    page = await dashboard.get("/keys")
+    assert page.html.count('type="checkbox"') == 3
+    assert page.html.count(" checked") == 3
+    page = await dashboard.post(
+        "/keys", {"name": "agent", "scopes": "chosen", "scope_nodes": "on"}, htmx=True
+    )
+    assert page.status == 201
+    assert '<span class="badge">nodes</span>' in page.html
+    listed = (await signed_in("{ me { apiKeys { name scopes } } }"))["data"]["me"]["apiKeys"]  # type: ignore[index]
+    assert listed == [{"name": "agent", "scopes": ["NODES"]}]
+
+
+async def test_the_keys_page_refuses_a_key_without_scopes_beside_the_form(
+    client: httpx.AsyncClient, signed_in: GraphQLClient
+) -> None:
+    dashboard = Dashboard(client)
+    await dashboard.get("/keys")
+    page = await dashboard.post("/keys", {"name": "nothing", "scopes": "chosen"}, htmx=True)
+    assert page.status == 422
+    assert 'id="scopes-error"' in page.html
+    assert "at least one scope" in page.text
+    assert page.html.count(" checked") == 0

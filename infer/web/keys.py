@@ -20,6 +20,12 @@ GRACE_PERIODS = [(0, "End it now"), (3600, "1 hour"), (86400, "24 hours"), (6048
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 INLINE = {"BAD_USER_INPUT", "CONFLICT"}  # failures shown beside the form, not as a page
 NOT_A_NUMBER = "Enter a whole number, or leave it empty for the platform's default."
+# What each scope lets a key do, as the create form offers them (all ticked by default).
+SCOPES = [
+    ("GATEWAY", "Call the API", "chat completions and models at /api/v1"),
+    ("NODES", "Manage nodes", "register, update and pause your nodes"),
+    ("ACCOUNT", "Manage the account", "keys, balance, usage, reviews, settings"),
+]
 
 
 @dataclass
@@ -86,6 +92,7 @@ async def _render(
         grace_periods=GRACE_PERIODS,
         days=DAYS,
         origin=web.resources.settings.public_origin,
+        scopes=SCOPES,
     )
 
 
@@ -95,8 +102,12 @@ async def keys_page(web: Web) -> Response:
 
 async def create_key(web: Web) -> Response:
     form = await web.form()
+    # The page's form marks its checkboxes; a form without them gets the API's default (all).
+    scopes = None
+    if form.get("scopes") == "chosen":
+        scopes = [scope for scope, _, _ in SCOPES if form.get(f"scope_{scope.lower()}") == "on"]
     try:
-        data = await web.run("KeysCreate", name=form.get("name", ""))
+        data = await web.run("KeysCreate", name=form.get("name", ""), scopes=scopes)
     except OperationFailed as failed:
         status = _inline_status(failed)
         return await _render(web, status=status, failure=Failure("create", form).add(failed))

@@ -1,4 +1,5 @@
-"""One node of the operator's: status, health history, prices, settings, deregistering."""
+"""One node of the operator's: status, health history, prices, settings, pausing,
+deregistering."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from starlette.routing import Route
 
 from infer.web import charts
 from infer.web.edge import Web, view
-from infer.web.nodes import capacity_of, split_problems
+from infer.web.nodes import capacity_of, render_nodes, split_problems
 from infer.web.operations import OperationFailed
 from infer.web.templates import milliseconds, parse_time
 
@@ -168,6 +169,18 @@ async def update_node(web: Web) -> Response:
     )
 
 
+async def set_paused(web: Web) -> Response:
+    """Pause or resume, from the node list or the node's page: each gets its status back."""
+    node_id, form = web.request.path_params["id"], await web.form()
+    await web.run("OperatorSetPaused", id=node_id, paused=web.request.url.path.endswith("/pause"))
+    on_list = form.get("back") == "list"
+    if not web.is_htmx:
+        return web.redirect("/nodes" if on_list else f"/nodes/{node_id}")
+    if on_list:
+        return await render_nodes(web, block="node_status")
+    return await _node_page(web, block="node_status")
+
+
 async def deregister_node(web: Web) -> Response:
     await web.run("OperatorDeregisterNode", id=web.request.path_params["id"])
     return web.redirect("/nodes?removed=1")
@@ -177,5 +190,7 @@ routes = [
     Route("/nodes/{id}", view(node_page), methods=["GET"]),
     Route("/nodes/{id}/prices", view(set_prices), methods=["POST"]),
     Route("/nodes/{id}/settings", view(update_node), methods=["POST"]),
+    Route("/nodes/{id}/pause", view(set_paused), methods=["POST"]),
+    Route("/nodes/{id}/resume", view(set_paused), methods=["POST"]),
     Route("/nodes/{id}/deregister", view(deregister_node), methods=["POST"]),
 ]

@@ -1,4 +1,5 @@
-"""The operator's nodes: the list with its self-refreshing status, registering a node."""
+"""The operator's nodes: the list with its self-refreshing status, registering a node,
+and enrolment codes for new ones."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def registration(form: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     return registration, errors
 
 
-async def _nodes_page(
+async def render_nodes(
     web: Web,
     *,
     block: str | None = None,
@@ -65,6 +66,8 @@ async def _nodes_page(
     form: dict[str, str] | None = None,
     errors: dict[str, str] | None = None,
     problems: list[str] | None = None,
+    enrollment: dict[str, Any] | None = None,
+    enrol_problems: list[str] | None = None,
 ) -> Response:
     nodes = (await web.run("OperatorNodes"))["me"]["nodes"]
     return await web.page(
@@ -72,6 +75,8 @@ async def _nodes_page(
         block=block,
         status=status,
         nodes=nodes,
+        enrollment=enrollment,
+        enrol_problems=enrol_problems or [],
         runtimes=RUNTIMES,
         form=form or {"runtime": "OLLAMA"},
         errors=errors or {},
@@ -81,7 +86,7 @@ async def _nodes_page(
 
 
 async def nodes_page(web: Web) -> Response:
-    return await _nodes_page(web, block="node_status")
+    return await render_nodes(web, block="node_status")
 
 
 async def register_node(web: Web) -> Response:
@@ -97,13 +102,26 @@ async def register_node(web: Web) -> Response:
             errors, problems = split_problems(failed, REGISTER_FIELDS)
         else:
             return web.redirect(f"/nodes/{created['id']}")
-        return await _nodes_page(
+        return await render_nodes(
             web, block="register_form", status=422, form=shown, errors=errors, problems=problems
         )
-    return await _nodes_page(web, block="register_form", status=422, form=shown, errors=errors)
+    return await render_nodes(web, block="register_form", status=422, form=shown, errors=errors)
+
+
+async def create_enrollment_code(web: Web) -> Response:
+    """A one-time code and its join command, rendered here: it must not travel in a URL."""
+    try:
+        issued = (await web.run("OperatorCreateEnrollmentCode"))["createEnrollmentCode"]
+    except OperationFailed as failed:
+        if failed.code != "BAD_USER_INPUT":
+            raise
+        problems = failed.general() + list(failed.by_field().values())
+        return await render_nodes(web, block="enrol", status=422, enrol_problems=problems)
+    return await render_nodes(web, block="enrol", status=201, enrollment=issued)
 
 
 routes = [
     Route("/nodes", view(nodes_page), methods=["GET"]),
     Route("/nodes", view(register_node), methods=["POST"]),
+    Route("/nodes/enrol", view(create_enrollment_code), methods=["POST"]),
 ]
