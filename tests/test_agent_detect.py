@@ -215,3 +215,15 @@ def test_two_runtimes_need_a_choice_and_the_choice_picks_by_server() -> None:
         build_registration(found, RegistrationOptions())
     chosen = build_registration(found, RegistrationOptions.parse(runtime="llama.cpp"))
     assert (chosen.endpoint, chosen.name) == (llamacpp, "box-llamacpp")
+
+
+def test_a_model_list_of_odd_shapes_or_endless_nesting_is_skipped_not_a_traceback() -> None:
+    # owned_by as a list (unhashable) once stopped `infer node detect` with a TypeError;
+    # a body of nested brackets, with a RecursionError from the JSON decoder.
+    odd_owner = app({"/v1/models": {"data": [{"id": "m", "owned_by": ["vllm"]}]}})
+    brackets = Response("[" * 100_000, media_type="application/json")
+    deep = Starlette(routes=[Route("/{any:path}", lambda r: brackets)])
+    with serve_in_thread(odd_owner) as odd, serve_in_thread(deep) as nested:
+        found = look(vllm_url=odd, llamacpp_url=nested)
+    assert [(r.kind, r.models) for r in found.runtimes] == [("openai", ("m",))]
+    assert found.notes == (f"{nested} answered, but not as Ollama, Exo or an OpenAI-style server",)

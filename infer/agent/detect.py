@@ -177,7 +177,7 @@ class _Place:
             return None
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[…
             return None
 
 
@@ -227,7 +227,7 @@ def _ollama(place: _Place, version: str) -> DetectedRuntime:
 def _openai(place: _Place, items: list[dict[str, Any]], hint: ServerKind) -> DetectedRuntime:
     """Which OpenAI-style server sent this model list, with context lengths where it says."""
     models = _names(items, "id")
-    owners = {item.get("owned_by") for item in items}
+    owners = {owner for item in items if isinstance(owner := item.get("owned_by"), str)}
     if "vllm" in owners or any("max_model_len" in item for item in items):
         version = place.get("/version")
         contexts = _contexts([(item["id"], item.get("max_model_len")) for item in items])
