@@ -10,8 +10,10 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +218,37 @@ def test_service_install_dry_run_prints_the_unit_and_writes_nothing(tmp_path: Pa
     written = infer("service", "install", config=box, runtime=unused_url())
     assert written.returncode == 0, written.stderr
     assert "systemctl --user daemon-reload" in written.stdout or sys.platform == "darwin"
+
+
+def test_doctor_reads_a_platforms_date_without_a_zone_as_utc(tmp_path: Path) -> None:
+    """RFC 5322's `-0000` (and a date with no zone) are UTC, not a traceback of the skew check."""
+    now = datetime.now(UTC)
+
+    class Platform(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = json.dumps(
+                {"errors": [{"message": "bad key", "extensions": {"code": "UNAUTHENTICATED"}}]}
+            ).encode()
+            self.send_response_only(200)
+            self.send_header("Date", now.strftime("%a, %d %b %Y %H:%M:%S -0000"))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    box = tmp_path / "node.json"
+    with ThreadingHTTPServer(("127.0.0.1", 0), Platform) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        platform = f"http://127.0.0.1:{server.server_address[1]}"
+        box.write_text(json.dumps({"platform": platform, "api_key": "inf_" + "x" * 40}))
+        box.chmod(0o600)
+        doctor = infer("doctor", config=box, runtime=unused_url())
+        server.shutdown()
+    assert "Traceback" not in doctor.stderr, doctor.stderr
+    assert doctor.returncode == 1
+    assert "✗ key valid: refused (bad key (UNAUTHENTICATED))" in doctor.stdout
+    assert "✓ clock: 0 s" in doctor.stdout or "✓ clock: 1 s" in doctor.stdout
