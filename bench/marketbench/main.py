@@ -100,6 +100,7 @@ class Market:
             self.nodes,
             platform_url,
             platform_pid,
+            meter=self.cpu,
             interval=options.interval,
             limit=options.sweep_limit,
             min_probe=options.min_probe_seconds,

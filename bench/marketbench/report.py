@@ -136,8 +136,14 @@ def progress(step: Step) -> str:
     rows = "  ".join(
         f"c={c} {row.rps:.0f} req/s p50 {row.p50_ms:.2f} ms" for c, row in sorted(step.rows.items())
     )
+    by = step.sweep.cpu_ms_per_check_by
+    parties = (
+        ""
+        if by is None
+        else " (CPU ms/check: " + ", ".join(f"{name} {ms:.2f}" for name, ms in by.items()) + ")"
+    )
     return (
-        f"  {step.nodes:>6,} nodes: sweep {step.sweep.seconds:.1f} s, lateness "
+        f"  {step.nodes:>6,} nodes: sweep {step.sweep.seconds:.1f} s{parties}, lateness "
         f"{step.lateness_s:.1f} s, /healthz p99 {step.sweep.healthz_p99_ms:.2f} ms, "
         f"plan {step.plan_us:.0f} µs, {rows}"
     )

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from gatewaybench.calls import Call, Target
-from gatewaybench.cpu import tree_cpu_seconds
+from gatewaybench.cpu import CpuMeter, tree_cpu_seconds
 from gatewaybench.errors import BenchError, CallFailed
 from gatewaybench.lean import LeanSender
 from gatewaybench.load import percentile
@@ -48,6 +48,9 @@ class Sweep:
     cpu_ms_per_check: float | None  # the platform's CPU over the sweep / nodes checked
     healthz_p99_ms: float
     healthz_probes: int
+    # CPU ms per check by party (platform, monitor, postgres, simulators, ...), from the
+    # moment every node was made due to the sweep's end: where a sweep's work goes.
+    cpu_ms_per_check_by: dict[str, float] | None = None
 
 
 class Nodes:
@@ -122,6 +125,7 @@ async def sweep(
     platform_url: str,
     platform_pid: int,
     *,
+    meter: CpuMeter | None = None,
     interval: float,
     limit: float,
     min_probe: float,
@@ -135,6 +139,7 @@ async def sweep(
     stop = asyncio.Event()
     probes: list[Probe] = []
     count, since = await nodes.all_due()
+    parties = meter.read(opening=True) if meter is not None else None
     started = time.perf_counter()
     first: float | None = None
     cpu_before = cpu_then = tree_cpu_seconds(platform_pid)
@@ -149,6 +154,9 @@ async def sweep(
                 first, cpu_before = time.perf_counter() - POLL, cpu_then  # since the last look
         cpu = tree_cpu_seconds(platform_pid) - cpu_before
         ended = time.perf_counter()
+        if parties is not None and meter is not None:
+            closing = meter.read(opening=False)
+            parties = {name: closing[name] - parties[name] for name in closing}
         # Small sweeps end at once: /healthz is still probed long enough for a p99.
         await asyncio.sleep(max(0.0, (first or started) + min_probe - time.perf_counter()))
     finally:
@@ -164,6 +172,11 @@ async def sweep(
         cpu_ms_per_check=cpu * 1000 / checked if checked >= MIN_CHECKS_FOR_CPU else None,
         healthz_p99_ms=percentile(latencies, 0.99) * 1000,
         healthz_probes=len(latencies),
+        cpu_ms_per_check_by=(
+            {name: seconds * 1000 / checked for name, seconds in parties.items()}
+            if parties is not None and checked >= MIN_CHECKS_FOR_CPU
+            else None
+        ),
     )
 
 
