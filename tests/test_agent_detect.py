@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -227,3 +228,45 @@ def test_a_model_list_of_odd_shapes_or_endless_nesting_is_skipped_not_a_tracebac
         found = look(vllm_url=odd, llamacpp_url=nested)
     assert [(r.kind, r.models) for r in found.runtimes] == [("openai", ("m",))]
     assert found.notes == (f"{nested} answered, but not as Ollama, Exo or an OpenAI-style server",)
+
+
+@contextlib.contextmanager
+def dripping_server() -> Iterator[str]:
+    """Answers `200 OK`, then drips a header a byte at a time, each within the read timeout."""
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def drip(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not stop.wait(0.1):
+                conn.sendall(b"a")
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_a_server_dripping_its_headers_costs_one_budget_not_hours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("infer.agent.detect.PLACE_BUDGET", 1.5)
+    with dripping_server() as drip, serve_in_thread(VLLM) as vllm:
+        started = time.monotonic()
+        found = look(ollama_url=drip, vllm_url=vllm)
+        took = time.monotonic() - started
+    assert [r.kind for r in found.runtimes] == ["vllm"]
+    assert found.notes == (f"{drip} did not answer /api/version in time; skipped",)
+    assert took < 5  # each byte came within the 0.5 s read timeout; the drip never ends

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from infer.agent.gpu import GpuInfo, detect_gpu, total_memory
@@ -156,6 +158,7 @@ class _Place:
         late = Skipped(f"{self.base} did not answer {path} in time; skipped")
         if time.monotonic() > self.deadline:
             raise late
+        _probing.deadline = self.deadline
         try:
             with self.http.stream(method, f"{self.base}{path}", json=body) as response:
                 self.answered = True
@@ -179,6 +182,82 @@ class _Place:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[…
             return None
+
+
+_probing = threading.local()  # the deadline of the place this thread is probing
+
+
+def _within_budget(timeout: float | None) -> float | None:
+    """A socket operation's timeout, cut to what is left of its place's budget."""
+    deadline: float | None = getattr(_probing, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise httpcore.ReadTimeout("the place's time is up")
+    return left if timeout is None else min(timeout, left)
+
+
+class _BudgetStream(httpcore.NetworkStream):
+    """A socket whose every read and write ends by the place's deadline: a server that
+    drips its headers a byte at a time cannot hold a probe for hours (h11 reads 16 KiB
+    of headers, each byte within the read timeout)."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _within_budget(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _within_budget(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        tls = self._stream.start_tls(ssl_context, server_hostname, _within_budget(timeout))
+        return _BudgetStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _BudgetBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(
+            host, port, _within_budget(timeout), local_address, socket_options
+        )
+        return _BudgetStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_unix_socket(path, _within_budget(timeout), socket_options)
+        return _BudgetStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _ProbeTransport(httpx.HTTPTransport):
+    """httpx's transport over sockets that keep to the probing place's budget."""
+
+    def __init__(self) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.ConnectionPool(network_backend=_BudgetBackend())
 
 
 def _ids(listing: object) -> list[dict[str, Any]] | None:
@@ -346,7 +425,9 @@ def detect(
 
     # Loopback probes: ignore HTTP(S)_PROXY, which would send them elsewhere.
     with (
-        httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False) as http,
+        httpx.Client(
+            timeout=timeout, transport=_ProbeTransport(), trust_env=False, follow_redirects=False
+        ) as http,
         ThreadPoolExecutor(max_workers=len(unique)) as pool,
     ):
         results = list(pool.map(probe, unique))
