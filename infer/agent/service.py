@@ -54,9 +54,22 @@ def _systemd_quote(word: str) -> str:
     return f'"{escaped}"' if any(c in word for c in " \t'\"\\%$") else escaped
 
 
+def _one_line(word: str, what: str) -> str:
+    # A line break would end the setting and start another one of the path's choosing.
+    if any(not ch.isprintable() for ch in word):
+        raise AgentError(f"{what} holds a line break or control character: {word!r}")
+    return word
+
+
 def systemd_unit(*, home: Path, command: list[str], config: Path) -> ServiceFile:
     """A systemd user unit: started at log-in (or boot, with lingering), restarted on failure."""
-    config_value = str(config).replace("%", "%%")
+    command = [_one_line(word, "the agent's command") for word in command]
+    config_value = (
+        _one_line(str(config), "the node configuration's path")
+        .replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("%", "%%")
+    )
     text = "\n".join(
         [
             "[Unit]",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from infer.agent.errors import AgentError
 from infer.agent.service import (
     ServiceFileExists,
     install,
@@ -68,3 +69,15 @@ def test_install_writes_once_and_never_replaces_a_different_file_unasked(tmp_pat
     assert install(unit, force=True) is True
     assert unit.path.read_text() == unit.text
     assert sorted(p.name for p in unit.path.parent.iterdir()) == ["infer-node.service"]
+
+
+def test_a_config_path_with_quotes_stays_one_setting_and_a_line_break_is_refused() -> None:
+    odd = Path('/home/op/my "infer" \\ 100%/node.json')
+    unit = systemd_unit(home=Path("/home/op"), command=COMMAND, config=odd)
+    [line] = [line for line in unit.text.splitlines() if line.startswith("Environment=")]
+    # systemd unquotes like a shell (C escapes inside double quotes), then expands %%.
+    words = shlex.split(line.removeprefix("Environment="))
+    assert words == [f"INFER_NODE_CONFIG={odd}".replace("%", "%%"), "PYTHONUNBUFFERED=1"]
+    injected = Path("/home/op/x\nExecStartPre=/bin/sh -c evil\n/node.json")
+    with pytest.raises(AgentError, match="line break or control character"):
+        systemd_unit(home=Path("/home/op"), command=COMMAND, config=injected)
