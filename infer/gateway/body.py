@@ -15,14 +15,16 @@ from pydantic import (
 )
 
 from infer.errors import BadInput
-from infer.nodes.clients.base import ChatMessage, ChatRequest
+from infer.gateway import features
+from infer.nodes.clients.base import ChatMessage, ChatRequest, Image, ToolCall
 from infer.security.text import MAX_MODEL_NAME, MODEL_NAME_CHARACTERS, is_model_name
 
 MAX_MESSAGES = 1024
 MAX_STOP = 4
 # Passed on to runtimes that understand them (typed below, so that a buyer's bad value is
 # this request's 400, never a node's failure); anything else unknown is ignored.
-PASSTHROUGH = ("top_k", "min_p", "repeat_penalty", "response_format", "logit_bias")
+PASSTHROUGH = ("top_k", "min_p", "repeat_penalty", "logit_bias")
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
 
 def _no_nul(value: str) -> str:
@@ -32,27 +34,100 @@ def _no_nul(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_no_nul)]
+ToolName = Annotated[str, Field(pattern=TOOL_NAME_PATTERN)]
 
 
-class TextPart(BaseModel):
+class ImageURL(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["text"]
-    text: Text
+    url: Annotated[str, Field(min_length=1)]
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ContentPart(BaseModel):
+    """A text part or an image part (checked, with its size, by `features.image`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "image_url"]
+    text: Text | None = None
+    image_url: ImageURL | None = None
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: ToolName
+    arguments: Text
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: Annotated[Text, Field(min_length=1, max_length=256)]
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: Text | list[TextPart] | None = None
+    content: Text | list[ContentPart] | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=features.MAX_TOOLS)] | None = None
+    tool_call_id: Annotated[Text, Field(min_length=1, max_length=256)] | None = None
 
     def text(self) -> str:
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: ToolName
+    description: Text | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: ToolName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: ToolName
+    description: Text | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 class StreamOptions(BaseModel):
@@ -84,8 +159,13 @@ class ChatCompletionBody(BaseModel):
     top_k: Annotated[int, Field(ge=-1, le=1_000_000)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
-    response_format: dict[str, Any] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    tools: Annotated[list[ToolIn], Field(max_length=features.MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormatIn | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
     @field_validator("model")
     @classmethod
@@ -113,9 +193,26 @@ class ChatCompletionBody(BaseModel):
     def to_chat_request(self, *, max_tokens: int) -> ChatRequest:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         extra = {k: getattr(self, k) for k in PASSTHROUGH if getattr(self, k) is not None}
+        plain = self.tools is None and self.response_format is None
+        if plain and not self.logprobs and all(_plain(m) for m in self.messages):
+            # The common case, kept as cheap as it was before tools and images.
+            messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in self.messages)
+            return ChatRequest(
+                model=self.model,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                stop=stop,
+                seed=self.seed,
+                presence_penalty=self.presence_penalty,
+                frequency_penalty=self.frequency_penalty,
+                extra=extra,
+            )
+        choice = self.tool_choice
         return ChatRequest(
             model=self.model,
-            messages=tuple(ChatMessage(role=m.role, content=m.text()) for m in self.messages),
+            messages=tuple(_message(m) for m in self.messages),
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
@@ -123,8 +220,43 @@ class ChatCompletionBody(BaseModel):
             seed=self.seed,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
+            tools=features.tools(self.tools or []),
+            tool_choice="required" if isinstance(choice, NamedToolChoice) else choice,
+            forced_tool=choice.function.name if isinstance(choice, NamedToolChoice) else None,
+            parallel_tool_calls=self.parallel_tool_calls,
+            response_format=features.response_format(self.response_format),
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs if self.logprobs else None,
             extra=extra,
         )
+
+
+def _plain(message: Message) -> bool:
+    return (
+        not isinstance(message.content, list)
+        and message.tool_calls is None
+        and message.tool_call_id is None
+    )
+
+
+def _message(message: Message) -> ChatMessage:
+    parts: tuple[str | Image, ...] = ()
+    if isinstance(message.content, list) and any(p.type == "image_url" for p in message.content):
+        parts = tuple(
+            features.decoded_image(p.image_url) if p.image_url is not None else (p.text or "")
+            for p in message.content
+        )
+    calls = tuple(
+        ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+        for c in message.tool_calls or ()
+    )
+    return ChatMessage(
+        role=message.role,
+        content=message.text(),
+        parts=parts,
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id,
+    )
 
 
 def _finite(value: object) -> bool:
@@ -138,16 +270,26 @@ def _finite(value: object) -> bool:
     return True
 
 
-def parse_body(raw: bytes, *, max_tokens_limit: int) -> ChatCompletionBody:
+def _location(loc: tuple[int | str, ...]) -> str | None:
+    """A field's path as `messages.0.content`; a union's member names are left out."""
+    kept = (str(p) for p in loc if isinstance(p, int) or not any(c in p for c in "[("))
+    return ".".join(kept) or None
+
+
+def parse_body(
+    raw: bytes, *, max_tokens_limit: int, max_text_bytes: int | None = None
+) -> ChatCompletionBody:
     """Validate the JSON body; a BadInput names the first offending field.
 
     `max_tokens_limit` bounds the answer, and so the hold: a request may not ask for more.
+    `max_text_bytes` bounds the body with its images' data left out (images have their
+    own caps), so that a body allowed to be larger for images is not larger text.
     """
     try:
         body = ChatCompletionBody.model_validate_json(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
-        location = ".".join(str(part) for part in error["loc"]) or None
+        location = _location(error["loc"])
         if error["type"] == "json_invalid":
             raise BadInput("the request body is not valid JSON") from exc
         if location is None:
@@ -156,7 +298,7 @@ def parse_body(raw: bytes, *, max_tokens_limit: int) -> ChatCompletionBody:
             raise BadInput(f"missing required parameter: {location}", param=location) from exc
         message = str(error["msg"]).removeprefix("Value error, ")
         raise BadInput(f"invalid value for {location}: {message}", param=location) from exc
-    for param in PASSTHROUGH:
+    for param in (*PASSTHROUGH, "tools", "response_format"):
         if not _finite(getattr(body, param)):
             raise BadInput(
                 f"invalid value for {param}: NaN and Infinity are not numbers", param=param
@@ -167,4 +309,13 @@ def parse_body(raw: bytes, *, max_tokens_limit: int) -> ChatCompletionBody:
             raise BadInput(
                 f"{param} must be at most {max_tokens_limit} on this platform", param=param
             )
+    image_bytes = features.check_messages(body.messages, tools=body.tools)
+    if max_text_bytes is not None and len(raw) - image_bytes > max_text_bytes:
+        raise BadInput(f"the request body, its images aside, is larger than {max_text_bytes} bytes")
+    if body.tools is not None:
+        features.check_tools(body.tools, body.tool_choice)
+    elif isinstance(body.tool_choice, NamedToolChoice) or body.tool_choice == "required":
+        raise BadInput("tool_choice requires tools", param="tool_choice")
+    if body.response_format is not None:
+        features.check_response_format(body.response_format)
     return body

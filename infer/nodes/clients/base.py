@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -40,10 +42,66 @@ class ModelDetails:
     capabilities: tuple[str, ...] = ()
 
 
+# What a request may need of a model beyond plain text chat (see ChatRequest.needs).
+NEEDS = frozenset({"tools", "vision", "json_schema", "json_object", "logprobs"})
+NO_NEEDS: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image from a data URL, checked: its media type and its base64 text."""
+
+    media_type: str
+    data: str
+    detail: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"data:{self.media_type};base64,{self.data}"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call an assistant made: its id, the function, the arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 @dataclass(frozen=True)
 class ChatMessage:
+    """One message; `parts` keeps text and images in order when the message has images."""
+
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
+    parts: tuple[str | Image, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    @property
+    def images(self) -> tuple[Image, ...]:
+        return tuple(part for part in self.parts if isinstance(part, Image))
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; `parameters` is a JSON schema object."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """OpenAI's response_format: json_object, or json_schema with its schema."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -59,14 +117,70 @@ class ChatRequest:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    tools: tuple[Tool, ...] = ()
+    # "none", "auto" or "required"; `forced_tool` names the function it must call.
+    tool_choice: str | None = None
+    forced_tool: str | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     # Other OpenAI fields the runtime may understand, passed through where it does.
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def needs(self) -> frozenset[str]:
+        """What a node's model must offer to serve this request (a subset of NEEDS)."""
+        needs: set[str] = set()
+        if self.tools:
+            needs.add("tools")
+        if self.response_format is not None:
+            needs.add(self.response_format.type)
+        if self.logprobs:
+            needs.add("logprobs")
+        if any(m.parts for m in self.messages) and any(m.images for m in self.messages):
+            needs.add("vision")
+        return frozenset(needs) if needs else NO_NEEDS
+
+    def prompt_texts(self) -> list[str]:
+        """Everything the model reads as text: contents, tool calls and tool definitions.
+
+        Images are not text; `images` counts them for the prompt's bounds.
+        """
+        texts = [m.content for m in self.messages]
+        for message in self.messages:
+            texts += (call.name + call.arguments for call in message.tool_calls)
+        texts += (tool_text(tool) for tool in self.tools)
+        if self.response_format is not None and self.response_format.schema is not None:
+            texts.append(json.dumps(self.response_format.schema))
+        return texts
+
+    @property
+    def images(self) -> int:
+        return sum(len(m.images) for m in self.messages if m.parts)
+
+
+def tool_text(tool: Tool) -> str:
+    """A tool's definition as the model reads it (about: chat templates render the JSON)."""
+    return json.dumps(
+        {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    )
 
 
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+
+
+class ToolCallDelta(NamedTuple):
+    """A piece of a tool call: the first for an index has its id and name, later ones
+    only more of the arguments' JSON text (OpenAI's streaming shape)."""
+
+    position: int  # OpenAI's `index` (a tuple's own `index` is a method)
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 class ChatChunk(NamedTuple):
@@ -80,6 +194,7 @@ class ChatChunk(NamedTuple):
     content: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True)
