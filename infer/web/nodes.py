@@ -81,7 +81,6 @@ async def render_nodes(
         form=form or {"runtime": "OLLAMA"},
         errors=errors or {},
         problems=problems or [],
-        origin=web.resources.settings.public_origin,
     )
 
 
