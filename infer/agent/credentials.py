@@ -127,6 +127,20 @@ def load(path: Path) -> NodeCredentials | None:
     return NodeCredentials.from_json(data, path=path)
 
 
+def check_writable(path: Path) -> None:
+    """BadInput unless `save` can write at `path`: checked before an enrolment code is spent,
+    whose key would otherwise be shown to nobody and kept nowhere."""
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".node-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise BadInput(f"cannot write {path}: {exc.strerror}") from exc
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(temporary)
+
+
 def save(path: Path, credentials: NodeCredentials) -> None:
     """Writes the configuration atomically; the key is never readable by other users."""
     directory = path.parent

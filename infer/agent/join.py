@@ -49,8 +49,10 @@ def join(
             "`infer node register` and `infer node agent` use it. To join again, revoke "
             "that key in the dashboard and pass --force"
         )
-    # Before the code is spent: a missing runtime or a bad option needs no new code.
+    # Before the code is spent: a missing runtime, a bad option or a place where the key
+    # cannot be kept needs no new code.
     registration = build_registration(detect(), options)
+    credentials.check_writable(path)
     with client(None) as anonymous:
         enrolled = anonymous.redeem(code, name=registration.name)
     stored = NodeCredentials(
