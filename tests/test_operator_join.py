@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -277,3 +278,36 @@ def test_a_box_that_cannot_keep_the_key_does_not_spend_the_code(
     assert refused.stderr.strip() == f"infer: cannot write {unwritable}: No such file or directory"
     assert joined.returncode == 0, joined.stderr
     assert len(keys["data"]["me"]["apiKeys"]) == 1  # one code, one key
+
+
+def test_a_platform_answering_endless_brackets_or_megabytes_is_one_line(tmp_path: Path) -> None:
+    answers = {"/nested": b"[" * 100_000, "/huge": b'{"data": "' + b"x" * (5 << 20) + b'"}'}
+
+    class Platform(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = answers[self.path.removesuffix("/graphql")]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the agent may stop reading half-way
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    box = tmp_path / "node.json"
+    done = {}
+    with ThreadingHTTPServer(("127.0.0.1", 0), Platform) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        for path in answers:
+            platform = f"http://127.0.0.1:{server.server_address[1]}{path}"
+            box.write_text(json.dumps({"platform": platform, "api_key": "inf_" + "x" * 40}))
+            box.chmod(0o600)
+            done[path] = infer("status", config=box, runtime=unused_url())
+        server.shutdown()
+    for path, why in (("/nested", "is not a GraphQL response"), ("/huge", "is too large")):
+        assert done[path].returncode != 0
+        [line] = done[path].stderr.strip().splitlines()
+        assert why in line, line

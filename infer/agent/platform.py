@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -44,6 +45,7 @@ TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 # Codes after which the same request may well succeed later.
 RETRYABLE_CODES = frozenset({"RATE_LIMITED", "INTERNAL", "INTERNAL_SERVER_ERROR"})
 MAX_MESSAGE = 300
+MAX_ANSWER = 4 * 1024 * 1024  # a node list of the largest operator is far less
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +285,16 @@ class PlatformClient:
     def execute(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         """Runs one operation; returns `data`, or raises PlatformError with a one-line message."""
         try:
-            response = self._http.post(self.url, json={"query": query, "variables": variables})
+            with self._http.stream(
+                "POST", self.url, json={"query": query, "variables": variables}
+            ) as response:
+                raw = bytearray()
+                for chunk in response.iter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_ANSWER:
+                        raise PlatformError(
+                            f"the answer from {self.url} is too large (over {MAX_ANSWER} bytes)"
+                        )
         except httpx.TimeoutException as exc:
             raise PlatformError(
                 f"the platform at {self.url} did not answer in time", retryable=True
@@ -293,17 +304,17 @@ class PlatformClient:
                 f"cannot reach the platform at {self.url}: {_one_line(exc) or type(exc).__name__}",
                 retryable=True,
             ) from exc
-        return self._data(response)
+        return self._data(response, bytes(raw))
 
-    def _data(self, response: httpx.Response) -> dict[str, Any]:
+    def _data(self, response: httpx.Response, raw: bytes) -> dict[str, Any]:
         status = response.status_code
         self.server_date = _header_date(response.headers.get("date"))
         if response.is_redirect:
-            where = response.headers.get("location", "elsewhere")
+            where = _one_line(response.headers.get("location", "elsewhere"))
             raise PlatformError(f"the platform redirects to {where}; pass that as --platform")
         try:
-            body = response.json()
-        except ValueError:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON, or brackets nested past any limit
             body = None
         errors = body.get("errors") if isinstance(body, dict) else None
         if isinstance(errors, list) and errors:
