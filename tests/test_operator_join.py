@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from conftest import PASSWORD, SIGN_UP
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -255,6 +256,7 @@ def test_doctor_reads_a_platforms_date_without_a_zone_as_utc(tmp_path: Path) -> 
     assert clock.startswith("✓ clock: "), clock  # within the skew allowed: read as UTC
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_a_box_that_cannot_keep_the_key_does_not_spend_the_code(
     settings: Settings, tmp_path: Path
 ) -> None:
