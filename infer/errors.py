@@ -2,14 +2,17 @@
 
 InferError
 ├── Unauthenticated      no or bad credentials
+│   └── KeyExpired       an API key past its expiry time
 ├── Forbidden            authenticated, but not allowed
-│   └── InsufficientScope  an API key without the scope this needs
+│   ├── InsufficientScope  an API key without the scope this needs
+│   └── ModelNotAllowed  a model outside the key's allow-list
 ├── NotFound             absent, or someone else's
 ├── BadInput             the request itself is wrong
 │   └── PayloadTooLarge  the body is over the limit
 ├── Conflict             clashes with what exists
 ├── RateLimited          too many requests for now
 ├── InsufficientFunds    the balance cannot cover it
+│   └── BudgetExceeded   the key's budget for this period cannot cover it
 ├── NoNodeAvailable      nothing can serve the request now
 ├── Unavailable          the database cannot be reached just now
 └── UpstreamError        a node failed or answered badly
@@ -38,6 +41,10 @@ class Unauthenticated(InferError):
     status = 401
 
 
+class KeyExpired(Unauthenticated):
+    """An API key whose expiry time has passed; the message says when it expired."""
+
+
 class Forbidden(InferError):
     """The caller is known but may not do this."""
 
@@ -47,6 +54,10 @@ class Forbidden(InferError):
 
 class InsufficientScope(Forbidden):
     """An API key whose scopes do not cover the call (a node key on the gateway)."""
+
+
+class ModelNotAllowed(Forbidden):
+    """The key's allow-list of models does not include the requested one."""
 
 
 class NotFound(InferError):
@@ -92,6 +103,10 @@ class InsufficientFunds(InferError):
 
     code = "INSUFFICIENT_FUNDS"
     status = 402
+
+
+class BudgetExceeded(InsufficientFunds):
+    """The key's spend limit for this period cannot cover the request's hold."""
 
 
 class NoNodeAvailable(InferError):

@@ -110,6 +110,15 @@ ALL_SCOPES = frozenset(ApiKeyScope)
 ALL_SCOPES_TEXT = ",".join(ApiKeyScope)  # "gateway,nodes,account"
 
 
+class BudgetReset(enum.StrEnum):
+    """When a key's spend count starts again (UTC; weeks start on Monday)."""
+
+    NEVER = "never"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+
+
 class UsageStatus(enum.StrEnum):
     """How a completion ended, as its usage record says (docs/billing.md: who pays what)."""
 
@@ -180,6 +189,25 @@ class ApiKey(SQLModel, table=True):
         max_length=64,
         sa_column_kwargs={"server_default": ALL_SCOPES_TEXT},
     )
+    # The models this key may call (a JSON list of names); null: any model.
+    allowed_models: list[str] | None = Field(default=None, sa_type=sa.JSON, nullable=True)
+
+
+class KeyBudget(SQLModel, table=True):
+    """A key's spend limit and its count for the current period (infer/keys/budgets.py).
+
+    Holds reserve against it and settlements move what they charged into `spent`, in the
+    same statements that move the account's balance, so a key never overspends.
+    """
+
+    __tablename__ = "key_budgets"
+
+    api_key_id: uuid.UUID = Field(primary_key=True, foreign_key="api_keys.id", ondelete="CASCADE")
+    spend_limit: int = _money()
+    reset: BudgetReset = Field(sa_type=StrEnumType(BudgetReset), nullable=False)
+    period_start: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    spent: int = _money()
+    reserved: int = _money()
 
 
 class EnrollmentCode(SQLModel, table=True):
@@ -334,6 +362,8 @@ class Hold(SQLModel, table=True):
     created_at: datetime = _created()
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     released_at: datetime | None = _time(nullable=True)
+    # The key whose budget this hold reserves against (null: a key without a budget).
+    budget_key_id: uuid.UUID | None = Field(default=None, nullable=True)
 
 
 class UsageRecord(SQLModel, table=True):

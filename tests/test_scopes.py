@@ -64,6 +64,7 @@ NODES_REFUSED = {
         "rotateApiKey",
         "revokeApiKey",
         "setApiKeyLimits",
+        "setApiKeyBudget",
         "createReview",
         "updateReview",
         "deleteReview",

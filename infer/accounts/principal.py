@@ -22,6 +22,10 @@ class Principal:
     retiring: bool = False
     # What an API key may do (infer/keys/scopes.py); a dashboard session may do it all.
     scopes: frozenset[ApiKeyScope] = ALL_SCOPES
+    # An API key with a spend limit: its holds reserve against it (infer/keys/budgets.py).
+    has_budget: bool = False
+    # The models an API key may call; None: any.
+    allowed_models: frozenset[str] | None = None
 
     def may(self, scope: ApiKeyScope) -> bool:
         return scope in self.scopes

@@ -11,12 +11,14 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import col
 
 from infer.billing import pg_batches
 from infer.billing.pg_batches import WriterConnection
 from infer.db import Database
 from infer.errors import InsufficientFunds, Unavailable
-from infer.models import AccountKind, Hold, LedgerAccount, utcnow
+from infer.keys import budgets
+from infer.models import AccountKind, Hold, KeyBudget, LedgerAccount, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,31 @@ _RESERVE = (
     )
     .values(reserved=_accounts.c.reserved + sa.bindparam("amount"))
 )
+_UNRESERVE = (
+    sa.update(_accounts)
+    .where(_accounts.c.id == sa.bindparam("account"))
+    .values(reserved=_accounts.c.reserved - sa.bindparam("amount"))
+)
 _INSERT_HOLDS = sa.insert(_holds)
+
+_budgets = KeyBudget.__table__  # type: ignore[attr-defined]
+# A period that has ended counts as nothing spent; its first hold starts the new one.
+_ended = _budgets.c.period_start < sa.bindparam("period", type_=_budgets.c.period_start.type)
+_spent_now = sa.case((_ended, 0), else_=_budgets.c.spent)
+# Parameters: key, period (the start of the current one), amount.
+_RESERVE_BUDGET = (
+    sa.update(_budgets)
+    .where(
+        _budgets.c.api_key_id == sa.bindparam("key"),
+        _spent_now + _budgets.c.reserved + sa.bindparam("amount") <= _budgets.c.spend_limit,
+    )
+    .values(
+        spent=_spent_now,
+        period_start=sa.case((_ended, sa.bindparam("period")), else_=_budgets.c.period_start),
+        reserved=_budgets.c.reserved + sa.bindparam("amount"),
+    )
+)
+_BUDGET = sa.select(KeyBudget).where(col(KeyBudget.api_key_id) == sa.bindparam("key"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +70,8 @@ class HoldRequest:
     amount: int
     request_id: str
     expires_at: datetime
+    # The key whose budget must cover this hold too (None: no budget to check).
+    budget_key_id: uuid.UUID | None = None
 
 
 class Writers:
@@ -67,6 +95,26 @@ async def _reserve(connection: AsyncConnection, account_id: uuid.UUID, amount: i
     return bool(result.rowcount == 1)
 
 
+async def _reserve_budget(
+    connection: AsyncConnection, request: HoldRequest, now: datetime
+) -> BaseException | None:
+    """Reserve the hold against its key's budget; the refusal when it does not fit."""
+    if request.budget_key_id is None:
+        return None
+    row = (await connection.execute(_BUDGET, {"key": request.budget_key_id})).first()
+    if row is None:  # the budget was removed since the key was read
+        return None
+    budget = KeyBudget.model_validate(row._mapping)
+    params = {
+        "key": request.budget_key_id,
+        "period": budgets.period_start(budget.reset, now),
+        "amount": request.amount,
+    }
+    if (await connection.execute(_RESERVE_BUDGET, params)).rowcount == 1:
+        return None
+    return budgets.exceeded(budgets.BudgetState.of(budget, now), request.amount)
+
+
 async def place_holds(
     db: Database, requests: Sequence[HoldRequest], *, writer: WriterConnection | None = None
 ) -> list[uuid.UUID | BaseException]:
@@ -77,11 +125,19 @@ async def place_holds(
     """
     granted: list[uuid.UUID | BaseException] = [InsufficientFunds(_NO_FUNDS)] * len(requests)
     pending = list(range(len(requests)))
-    if writer is not None:
+    # Holds against a key budget take the general path: it checks both in one transaction.
+    plain = [i for i in pending if requests[i].budget_key_id is None]
+    if writer is not None and plain:
         ids = [uuid.uuid4() for _ in requests]
         rows = [
-            (ids[i], r.account_id, r.amount, r.request_id, r.expires_at)
-            for i, r in enumerate(requests)
+            (
+                ids[i],
+                requests[i].account_id,
+                requests[i].amount,
+                requests[i].request_id,
+                requests[i].expires_at,
+            )
+            for i in plain
         ]
         try:
             placed = await pg_batches.place_holds(writer, rows, utcnow())
@@ -100,17 +156,30 @@ async def place_holds(
     for index in pending:
         by_account[requests[index].account_id].append(index)
     rows_to_insert = []
+    now = utcnow()
     # A hold lost in a crash dies with its request, so its commit need not wait for disk.
+    # Locks are taken account first, then its keys' budgets, as settlements take them.
     async with db.core_transaction(durable=False) as connection:
         for account_id in sorted(by_account):
             indexes = by_account[account_id]
+            budgeted = any(requests[i].budget_key_id is not None for i in indexes)
             total = sum(requests[i].amount for i in indexes)
-            if await _reserve(connection, account_id, total):
+            if not budgeted and await _reserve(connection, account_id, total):
                 fitting = indexes
-            else:  # not all of them fit: admit one at a time, in arrival order
-                fitting = [
-                    i for i in indexes if await _reserve(connection, account_id, requests[i].amount)
-                ]
+            else:  # not all of them fit, or budgets to check: one at a time, in arrival order
+                fitting = []
+                for i in indexes:
+                    request = requests[i]
+                    if not await _reserve(connection, account_id, request.amount):
+                        continue
+                    refused = await _reserve_budget(connection, request, now)
+                    if refused is None:
+                        fitting.append(i)
+                        continue
+                    granted[i] = refused
+                    await connection.execute(
+                        _UNRESERVE, {"account": account_id, "amount": request.amount}
+                    )
             for i in fitting:
                 hold_id = uuid.uuid4()
                 granted[i] = hold_id
@@ -124,6 +193,7 @@ async def place_holds(
                         "created_at": utcnow(),
                         "expires_at": request.expires_at,
                         "released_at": None,
+                        "budget_key_id": request.budget_key_id,
                     }
                 )
         if rows_to_insert:

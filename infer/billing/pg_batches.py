@@ -56,7 +56,7 @@ SETTLE_SQL = """
 WITH released AS (
     UPDATE holds SET released_at = $1
     WHERE id = ANY($2::uuid[]) AND released_at IS NULL
-    RETURNING account_id, amount
+    RETURNING account_id, amount, budget_key_id
 ), unreserved AS (
     SELECT account_id, sum(amount)::bigint AS amount FROM released GROUP BY account_id
 ), moves AS (
@@ -73,6 +73,19 @@ WITH released AS (
     FROM moves m JOIN locked l ON l.id = m.account_id
     WHERE a.id = m.account_id
     RETURNING a.id
+), key_moves AS (
+    SELECT coalesce(c.key_id, r.key_id) AS key_id, coalesce(c.cost, 0) AS cost,
+           coalesce(r.amount, 0) AS release
+    FROM unnest($27::uuid[], $28::bigint[]) AS c(key_id, cost)
+    FULL JOIN (
+        SELECT budget_key_id AS key_id, sum(amount)::bigint AS amount FROM released
+        WHERE budget_key_id IS NOT NULL GROUP BY budget_key_id
+    ) r ON r.key_id = c.key_id
+), budgets AS (  -- after the account rows are locked, as holds lock them: no deadlocks
+    UPDATE key_budgets b
+    SET spent = b.spent + k.cost, reserved = greatest(b.reserved - k.release, 0)
+    FROM key_moves k
+    WHERE b.api_key_id = k.key_id AND EXISTS (SELECT 1 FROM locked)
 ), transactions AS (
     INSERT INTO ledger_transactions (id, kind, idempotency_key, memo, actor_id, created_at)
     SELECT t.id, 'usage', NULL, t.memo, NULL, $1
@@ -197,8 +210,11 @@ async def settle(
     transactions: list[dict[str, object]],
     entries: list[dict[str, object]],
     usages: list[dict[str, object]],
+    key_costs: dict[uuid.UUID, int],
 ) -> None:
-    """Release the holds, move the balances, and record transactions, entries and usage."""
+    """Release the holds, move the balances and key budgets, and record transactions,
+    entries and usage.
+    """
     arrays: list[list[Any]] = [
         hold_ids,
         list(deltas),
@@ -210,6 +226,7 @@ async def settle(
         [e["amount"] for e in entries],
     ]
     arrays += [[u[c] for u in usages] for c in USAGE_COLUMNS]
+    arrays += [list(key_costs), list(key_costs.values())]
 
     async def write(connection: asyncpg.Connection) -> None:
         await connection.fetchval(SETTLE_SQL, now, *arrays)

@@ -29,6 +29,7 @@ from infer.errors import InsufficientFunds
 from infer.models import (
     AccountKind,
     Hold,
+    KeyBudget,
     LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
@@ -46,7 +47,7 @@ _RELEASE_HOLDS = (
     sa.update(_holds)
     .where(_holds.c.id.in_(sa.bindparam("holds", expanding=True)), _holds.c.released_at.is_(None))
     .values(released_at=sa.bindparam("now"))
-    .returning(_holds.c.account_id, _holds.c.amount)
+    .returning(_holds.c.account_id, _holds.c.amount, _holds.c.budget_key_id)
 )
 _MOVE = (
     sa.update(_accounts)
@@ -64,6 +65,23 @@ _DEBIT = _MOVE.where(
         - (_accounts.c.reserved - sa.bindparam("release"))
         + sa.bindparam("delta")
         >= 0,
+    )
+)
+_budgets = KeyBudget.__table__  # type: ignore[attr-defined]
+# What a key's settled requests spent moves into its count; what its holds reserved goes.
+_MOVE_BUDGET = (
+    sa.update(_budgets)
+    .where(_budgets.c.api_key_id == sa.bindparam("key"))
+    .values(
+        spent=_budgets.c.spent + sa.bindparam("cost"),
+        # Never below zero: a budget set again while older holds were open starts at 0.
+        reserved=sa.case(
+            (
+                _budgets.c.reserved > sa.bindparam("release"),
+                _budgets.c.reserved - sa.bindparam("release"),
+            ),
+            else_=0,
+        ),
     )
 )
 _LIVE_NODES = sa.select(Node.__table__.c.id).where(  # type: ignore[attr-defined]
@@ -106,6 +124,8 @@ class Settlement:
     buyer_account_id: uuid.UUID | None = None
     operator_account_id: uuid.UUID | None = None
     usage: Usage | None = None
+    # The key whose budget counts this cost (its hold reserved against that budget).
+    budget_key_id: uuid.UUID | None = None
 
 
 async def account_of(db: Database, user_id: uuid.UUID) -> uuid.UUID:
@@ -152,6 +172,7 @@ async def _write_plan(db: Database, plan: _Plan, writer: WriterConnection | None
             transactions=plan.transactions,
             entries=plan.entries,
             usages=plan.usages,
+            key_costs=plan.key_costs,
         )
     else:
         async with db.core_transaction() as connection:
@@ -189,10 +210,11 @@ class _Plan:
     transactions: list[dict[str, object]]
     entries: list[dict[str, object]]
     usages: list[dict[str, object]]
+    key_costs: dict[uuid.UUID, int]
 
 
 def _plan(items: Sequence[Settlement], now: datetime) -> _Plan:
-    plan = _Plan(now, [], defaultdict(int), [], [], [])
+    plan = _Plan(now, [], defaultdict(int), [], [], [], defaultdict(int))
     for item in items:
         if item.hold_id is not None:
             plan.hold_ids.append(item.hold_id)
@@ -200,6 +222,8 @@ def _plan(items: Sequence[Settlement], now: datetime) -> _Plan:
         if usage is None:
             continue
         transaction_id = None
+        if item.budget_key_id is not None:
+            plan.key_costs[item.budget_key_id] += usage.cost
         if usage.cost > 0:
             assert item.buyer_account_id is not None
             transaction_id = uuid.uuid4()
@@ -227,16 +251,20 @@ def _plan(items: Sequence[Settlement], now: datetime) -> _Plan:
                 )
         plan.usages.append(_usage_row(usage, transaction_id, now))
     plan.deltas = dict(plan.deltas)
+    plan.key_costs = dict(plan.key_costs)
     return plan
 
 
 async def _write(connection: AsyncConnection, plan: _Plan) -> None:
     """The plan as a few statements in the caller's transaction (SQLite's path)."""
     unreserve: dict[uuid.UUID, int] = defaultdict(int)
+    key_release: dict[uuid.UUID, int] = defaultdict(int)
     if plan.hold_ids:
         result = await connection.execute(_RELEASE_HOLDS, {"holds": plan.hold_ids, "now": plan.now})
-        for account_id, amount in result.all():
+        for account_id, amount, key_id in result.all():
             unreserve[account_id] += int(amount)
+            if key_id is not None:
+                key_release[key_id] += int(amount)
     # A fixed lock order (by account id) keeps concurrent batches from deadlocking.
     for account_id in sorted(set(plan.deltas) | set(unreserve)):
         delta, release = plan.deltas.get(account_id, 0), unreserve.get(account_id, 0)
@@ -244,6 +272,14 @@ async def _write(connection: AsyncConnection, plan: _Plan) -> None:
         result = await connection.execute(_DEBIT if delta < 0 else _MOVE, params)
         if result.rowcount != 1:
             raise InsufficientFunds("the balance is too low for this")
+    # After the accounts, as holds lock them: account rows first, then key budgets.
+    for key_id in sorted(set(plan.key_costs) | set(key_release)):
+        params = {
+            "key": key_id,
+            "cost": plan.key_costs.get(key_id, 0),
+            "release": key_release.get(key_id, 0),
+        }
+        await connection.execute(_MOVE_BUDGET, params)
     if plan.transactions:
         await connection.execute(_INSERT_TRANSACTIONS, plan.transactions)
         await connection.execute(_INSERT_ENTRIES, plan.entries)

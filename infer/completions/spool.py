@@ -67,6 +67,7 @@ def _settlement(data: dict[str, object]) -> Settlement:
         buyer_account_id=_uuid(data["buyer_account_id"]),
         operator_account_id=_uuid(data["operator_account_id"]),
         usage=None if usage is None else _usage(usage),  # type: ignore[arg-type]
+        budget_key_id=_uuid(data.get("budget_key_id")),
     )
 
 

@@ -10,10 +10,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from infer.errors import (
     BadInput,
+    BudgetExceeded,
     Forbidden,
     InferError,
     InsufficientFunds,
     InsufficientScope,
+    KeyExpired,
+    ModelNotAllowed,
     NoNodeAvailable,
     NotFound,
     PayloadTooLarge,
@@ -29,10 +32,13 @@ from infer.outages import database_unavailable, unavailable
 _KINDS: list[tuple[type[InferError], str, str]] = [
     (PayloadTooLarge, "invalid_request_error", "request_too_large"),
     (BadInput, "invalid_request_error", "invalid_request"),
+    (KeyExpired, "authentication_error", "key_expired"),
     (Unauthenticated, "authentication_error", "invalid_api_key"),
     (InsufficientScope, "permission_error", "insufficient_scope"),
+    (ModelNotAllowed, "permission_error", "model_not_allowed"),
     (Forbidden, "permission_error", "forbidden"),
     (NotFound, "invalid_request_error", "model_not_found"),
+    (BudgetExceeded, "insufficient_quota", "key_budget_exceeded"),
     (InsufficientFunds, "insufficient_quota", "insufficient_quota"),
     (RateLimited, "rate_limit_error", "rate_limit_exceeded"),
     (NoNodeAvailable, "service_unavailable", "no_node_available"),

@@ -16,9 +16,9 @@ from sqlmodel import col, select
 
 from infer.accounts.principal import Principal
 from infer.db import Database
-from infer.errors import Unauthenticated
+from infer.errors import KeyExpired, Unauthenticated
 from infer.keys.scopes import parse_scopes
-from infer.models import ApiKey, User, utcnow
+from infer.models import ApiKey, KeyBudget, User, utcnow
 from infer.security import apikeys
 
 _INVALID = "invalid API key"
@@ -67,8 +67,11 @@ class KeyAuthenticator:
         if entry is None or not hmac.compare_digest(entry.digest, digest):
             raise Unauthenticated(_INVALID)
         now = utcnow()
-        if entry.revoked or (entry.expires_at is not None and entry.expires_at <= now):
+        if entry.revoked:
             raise Unauthenticated("this API key has been revoked or has expired")
+        if entry.expires_at is not None and entry.expires_at <= now:
+            when = entry.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise KeyExpired(f"This API key expired at {when}.")
         assert entry.principal.api_key_id is not None
         self._last_used[entry.principal.api_key_id] = now
         return entry.principal
@@ -89,9 +92,10 @@ class KeyAuthenticator:
     async def _load(self, digest: str) -> _Entry | None:
         successor = aliased(ApiKey)
         rotated = sa.exists().where(col(successor.rotated_from_id) == col(ApiKey.id))
+        budgeted = sa.exists().where(col(KeyBudget.api_key_id) == col(ApiKey.id))
         async with self._db.session() as session:
             result = await session.exec(
-                select(ApiKey, User, rotated.label("rotated"))
+                select(ApiKey, User, rotated.label("rotated"), budgeted.label("budgeted"))
                 .join(User, col(ApiKey.user_id) == col(User.id))
                 .where(ApiKey.digest == digest)
             )
@@ -99,7 +103,7 @@ class KeyAuthenticator:
         if row is None:
             self._cache.pop(digest, None)
             return None
-        key, user, was_rotated = row
+        key, user, was_rotated, has_budget = row
         entry = _Entry(
             principal=Principal(
                 user_id=user.id,
@@ -109,6 +113,10 @@ class KeyAuthenticator:
                 tokens_per_minute=key.tokens_per_minute,
                 retiring=bool(was_rotated),
                 scopes=parse_scopes(key.scopes),
+                has_budget=bool(has_budget),
+                allowed_models=(
+                    None if key.allowed_models is None else frozenset(key.allowed_models)
+                ),
             ),
             digest=key.digest,
             expires_at=key.expires_at,

@@ -10,12 +10,15 @@ import strawberry
 from strawberry.types import Info
 
 from infer.errors import NotFound
-from infer.keys import service
+from infer.keys import budget_service, service
+from infer.keys.budgets import BudgetState
 from infer.keys.scopes import parse_scopes
 from infer.models import ApiKey as ApiKeyRow
 from infer.models import ApiKeyScope as ApiKeyScopeValue
+from infer.models import BudgetReset as BudgetResetValue
 from infer.schema.context import Context
 from infer.schema.permissions import require_principal
+from infer.schema.scalars import Money
 
 ApiKeyScope = strawberry.enum(
     ApiKeyScopeValue,
@@ -26,6 +29,37 @@ ApiKeyScope = strawberry.enum(
     ),
 )
 
+BudgetReset = strawberry.enum(
+    BudgetResetValue,
+    name="BudgetReset",
+    description="When a key's spend count starts again: UTC midnight; weeks start on Monday.",
+)
+
+
+@strawberry.type(name="KeyBudget")
+class KeyBudget:
+    spend_limit: Money
+    reset: BudgetReset  # type: ignore[valid-type]
+    spent: Money = strawberry.field(
+        description="Settled spend in the current period (open requests are not in it)."
+    )
+    remaining: Money = strawberry.field(
+        description="What may still be spent this period: the limit less spent and held."
+    )
+    resets_at: datetime | None = strawberry.field(
+        description="When the current period ends; null for a budget that never resets."
+    )
+
+    @classmethod
+    def from_state(cls, state: BudgetState) -> KeyBudget:
+        return cls(
+            spend_limit=Money(state.spend_limit),
+            reset=state.reset,
+            spent=Money(state.spent),
+            remaining=Money(state.remaining),
+            resets_at=state.resets_at,
+        )
+
 
 @strawberry.type(name="ApiKey")
 class ApiKey:
@@ -35,7 +69,10 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None
     expires_at: datetime | None = strawberry.field(
-        description="When a rotated key stops working, if it was given a grace period."
+        description=(
+            "When the key stops working: set by setApiKeyBudget, or the end of a rotated"
+            " key's grace period."
+        )
     )
     revoked_at: datetime | None
     requests_per_minute: int | None = strawberry.field(
@@ -43,6 +80,15 @@ class ApiKey:
     )
     tokens_per_minute: int | None
     scopes: list[ApiKeyScope]  # type: ignore[valid-type]
+    allowed_models: list[str] | None = strawberry.field(
+        description="The models this key may call; null: any."
+    )
+
+    @strawberry.field
+    async def budget(self, info: Info[Context, Any]) -> KeyBudget | None:
+        """The key's spend limit and what remains; null: no limit."""
+        state = await info.context.loaders.key_budgets.load(uuid.UUID(self.id))
+        return None if state is None else KeyBudget.from_state(state)
 
     @classmethod
     def from_model(cls, row: ApiKeyRow, *, last_used_at: datetime | None = None) -> ApiKey:
@@ -58,6 +104,7 @@ class ApiKey:
             requests_per_minute=row.requests_per_minute,
             tokens_per_minute=row.tokens_per_minute,
             scopes=[scope for scope in ApiKeyScopeValue if scope in parse_scopes(row.scopes)],
+            allowed_models=row.allowed_models,
         )
 
 
@@ -150,6 +197,49 @@ async def set_api_key_limits(
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
         client=ctx.client,
+    )
+    await ctx.resources.key_changes.changed(key_id)
+    return ApiKey.from_model(row)
+
+
+def _given(value: Any) -> Any:
+    return budget_service.KEEP if value is strawberry.UNSET else value
+
+
+async def set_api_key_budget(
+    info: Info[Context, Any],
+    id: strawberry.ID,
+    spend_limit: Annotated[
+        Money | None,
+        strawberry.argument(description="USD per period; null removes the limit."),
+    ] = strawberry.UNSET,
+    reset: Annotated[
+        BudgetReset | None,  # type: ignore[valid-type]
+        strawberry.argument(description="When the count starts again; null: NEVER."),
+    ] = strawberry.UNSET,
+    expires_at: Annotated[
+        datetime | None,
+        strawberry.argument(description="When the key stops working; null: never."),
+    ] = strawberry.UNSET,
+    models: Annotated[
+        list[str] | None,
+        strawberry.argument(description="The only models the key may call; null: any."),
+    ] = strawberry.UNSET,
+) -> ApiKey:
+    ctx = info.context
+    key_id = parse_id(id)
+    reset_value = _given(reset)
+    row = await budget_service.set_budget(
+        ctx.resources.db,
+        principal=require_principal(info),
+        key_id=key_id,
+        client=ctx.client,
+        spend_limit=_given(spend_limit),
+        reset=reset_value
+        if reset_value in (None, budget_service.KEEP)
+        else BudgetResetValue(reset_value),
+        expires_at=_given(expires_at),
+        models=_given(models),
     )
     await ctx.resources.key_changes.changed(key_id)
     return ApiKey.from_model(row)

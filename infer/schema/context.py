@@ -15,6 +15,8 @@ from infer.audit import ClientInfo
 from infer.authentication import client_info
 from infer.billing import ledger, reports
 from infer.billing.reports import Bucket, Dimension, Figures, Period, Side
+from infer.keys.budget_service import budgets_of
+from infer.keys.budgets import BudgetState
 from infer.keys.service import keys_of_users
 from infer.marketplace.catalogue import ProviderOffer, offers_of_providers, provider_names
 from infer.marketplace.figures import figures_of
@@ -42,6 +44,7 @@ class Loaders:
     resources: Resources
     balance: DataLoader[uuid.UUID, int] = field(init=False)
     api_keys: DataLoader[uuid.UUID, list[ApiKey]] = field(init=False)
+    key_budgets: DataLoader[uuid.UUID, BudgetState | None] = field(init=False)
     nodes: DataLoader[uuid.UUID, list[Node]] = field(init=False)
     node_models: DataLoader[uuid.UUID, list[NodeModel]] = field(init=False)
     health_checks: DataLoader[tuple[uuid.UUID, int], list[HealthCheck]] = field(init=False)
@@ -58,6 +61,7 @@ class Loaders:
     def __post_init__(self) -> None:
         self.balance = DataLoader(load_fn=self._balances)
         self.api_keys = DataLoader(load_fn=self._api_keys)
+        self.key_budgets = DataLoader(load_fn=self._key_budgets)
         self.nodes = DataLoader(load_fn=self._nodes)
         self.node_models = DataLoader(load_fn=self._node_models)
         self.health_checks = DataLoader(load_fn=self._health_checks)
@@ -80,6 +84,10 @@ class Loaders:
         async with self.resources.db.session() as session:
             grouped = await keys_of_users(session, user_ids)
         return [grouped[user_id] for user_id in user_ids]
+
+    async def _key_budgets(self, key_ids: list[uuid.UUID]) -> list[BudgetState | None]:
+        async with self.resources.db.session() as session:
+            return await budgets_of(session, key_ids)
 
     async def _nodes(self, operator_ids: list[uuid.UUID]) -> list[list[Node]]:
         async with self.resources.db.session() as session:

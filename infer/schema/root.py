@@ -105,6 +105,13 @@ class Mutation:
         resolver=api_key.set_api_key_limits,
         description="Set a key's own rate limits (null: the platform's defaults).",
     )
+    set_api_key_budget: api_key.ApiKey = strawberry.mutation(
+        resolver=api_key.set_api_key_budget,
+        description=(
+            "Set a key's spend limit and its reset, expiry and allowed models; an argument"
+            " left out stays as it is, null clears it."
+        ),
+    )
     deregister_node: bool = strawberry.mutation(
         resolver=nodes.deregister_node, description="Remove a node from the market."
     )
