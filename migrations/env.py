@@ -1,9 +1,10 @@
 """Alembic environment: runs migrations over the async engine on SQLite or PostgreSQL."""
 
 import asyncio
+from typing import Any
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
@@ -29,10 +30,25 @@ def _run(connection: Connection) -> None:
             # Replicas starting together take turns; the later ones find nothing to do.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            broken = connection.execute(text("PRAGMA foreign_key_check")).all()
+            if broken:
+                raise RuntimeError(f"migration left rows without their parent: {broken[:5]}")
 
 
 async def _run_async(url: str) -> None:
     engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        # A batch migration copies a table, drops it and renames the copy: with foreign
+        # keys enforced, the drop would cascade to every row pointing at it (health
+        # checks, models, usage). They are off while migrating (SQLite ignores the pragma
+        # inside a transaction, so it is set on connecting) and checked at the end.
+        @event.listens_for(engine.sync_engine, "connect")
+        def _no_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=OFF")
+            cursor.close()
+
     try:
         # On SQLite, BEGIN IMMEDIATE makes concurrent migrators queue for the write lock.
         async with engine.execution_options(sqlite_immediate=True).connect() as connection:

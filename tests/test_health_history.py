@@ -46,6 +46,47 @@ async def _nodes(db: Database, count: int) -> list[uuid.UUID]:
     return [node.id for node in nodes]
 
 
+async def _node_at_0007(db: Database) -> uuid.UUID:
+    """A node written with the columns of revision 0007 only (the models are newer)."""
+    operator, node, now = uuid.uuid4(), uuid.uuid4(), datetime.now(UTC)
+    users = sa.table(
+        "users",
+        *(sa.column(name) for name in ("email", "role")),
+        sa.column("id", sa.Uuid()),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
+    nodes = sa.table(
+        "nodes",
+        *(sa.column(name) for name in ("name", "runtime", "endpoint", "status", "capacity")),
+        *(sa.column(name) for name in ("consecutive_failures", "consecutive_successes")),
+        sa.column("id", sa.Uuid()),
+        sa.column("operator_id", sa.Uuid()),
+        *(sa.column(name, sa.DateTime(timezone=True)) for name in ("created_at", "updated_at")),
+    )
+    async with db.transaction() as session:
+        connection = await session.connection()
+        email = f"op-{operator.hex[:8]}@example.com"
+        await connection.execute(
+            sa.insert(users).values(id=operator, email=email, role="user", created_at=now)
+        )
+        await connection.execute(
+            sa.insert(nodes).values(
+                id=node,
+                operator_id=operator,
+                name="n0",
+                runtime="ollama",
+                endpoint="http://x",
+                status="pending",
+                capacity=4,
+                consecutive_failures=0,
+                consecutive_successes=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return node
+
+
 def _check(node_id: uuid.UUID, at: datetime, *, latency: float | None = None) -> HealthCheck:
     return HealthCheck(
         node_id=node_id,
@@ -219,7 +260,7 @@ def test_migration_rolls_up_the_checks_kept_and_trims_each_node(empty_database_u
     async def fill() -> uuid.UUID:
         db = Database.from_url(empty_database_url)
         try:
-            [node] = await _nodes(db, 1)
+            node = await _node_at_0007(db)
             async with db.transaction() as session:
                 session.add_all(
                     _check(node, at, latency=float(i % 7) if i % 3 else None)
