@@ -19,6 +19,7 @@ from starlette.types import ExceptionHandler
 
 from infer.config import Settings, load_settings
 from infer.gateway.errors import OUTAGE_ERRORS, http_error, outage_error, server_error
+from infer.gateway.features import IMAGES_BODY_BYTES
 from infer.gateway.routes import routes as gateway_routes
 from infer.middleware import BodySizeLimit, SecurityHeaders
 from infer.resources import Resources
@@ -143,7 +144,12 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
             max_age=600,
         ),
         Middleware(SecurityHeaders),
-        Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        Middleware(
+            BodySizeLimit,
+            max_bytes=settings.max_body_bytes,
+            # Room for a chat's images; parse_body holds the rest to max_body_bytes.
+            larger={"/api/v1/chat/completions": settings.max_body_bytes + IMAGES_BODY_BYTES},
+        ),
     ]
     exception_handlers: dict[type[Exception], ExceptionHandler] = {
         HTTPException: not_routed,

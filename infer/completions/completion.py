@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -21,7 +21,8 @@ from infer.billing.settlement import Settlement
 from infer.errors import BadInput, UpstreamError
 from infer.models import UsageStatus
 from infer.nodes.clients import client_for
-from infer.nodes.clients.base import ChatChunk, ChatRequest, Usage
+from infer.nodes.clients.base import ChatChunk, ChatRequest, ToolCall, Usage
+from infer.nodes.clients.payloads import mint_call_id
 from infer.routing.catalog import Candidate
 from infer.routing.scoring import throughput_sample
 
@@ -78,7 +79,6 @@ class Completion:
         self.finish_reason: str | None = None
         self.usage: settlement.Usage | None = None
         self.rate_limits: dict[str, str] = {}
-        self.budget_key_id: uuid.UUID | None = None  # the key budget its hold reserves against
         self._reported: Usage | None = None
 
     async def connect(self, attempts: list[Candidate]) -> None:
@@ -139,6 +139,9 @@ class Completion:
             if chunk.content:
                 self.chunks_relayed += 1
                 self.bytes_relayed += len(chunk.content.encode())
+            for call in chunk.tool_calls:  # what the model wrote of a tool call is output too
+                self.chunks_relayed += 1
+                self.bytes_relayed += len(call.arguments.encode()) + len(call.name or "")
             if chunk.finish_reason:
                 self.finish_reason = chunk.finish_reason
             if chunk.usage is not None:
@@ -152,21 +155,37 @@ class Completion:
             raise UpstreamError("the node sent far more than max_tokens")
         return batch
 
-    async def whole(self) -> tuple[str, str]:
-        """The whole answer and its finish reason, for a buyer who did not ask for a stream.
+    async def whole(self) -> Answer:
+        """The whole answer, for a buyer who did not ask for a stream.
 
         Nothing reaches the buyer before the end, so a node that breaks off mid-way costs
         them nothing: the UpstreamError is raised and no token is charged.
         """
         parts: list[str] = []
+        calls: dict[int, list[str]] = {}  # position → [id, name, arguments...]
+        logprobs: list[Any] | None = None
         try:
             async for batch in self.batches():
-                parts += (piece.content for piece in batch)
+                for piece in batch:
+                    parts.append(piece.content)
+                    for delta in piece.tool_calls:
+                        call = calls.setdefault(delta.position, ["", ""])
+                        call[0] = call[0] or delta.id or ""
+                        call[1] = call[1] or delta.name or ""
+                        call.append(delta.arguments)
+                    if piece.logprobs is not None:
+                        logprobs = logprobs or []
+                        logprobs += piece.logprobs
         except UpstreamError:
             await self.finish(status=UsageStatus.UPSTREAM_ERROR, charge=False)
             raise
         await self.finish(status=UsageStatus.COMPLETED)
-        return "".join(parts), self.finish_reason or "stop"
+        tool_calls = tuple(
+            ToolCall(id=call[0] or mint_call_id(), name=call[1], arguments="".join(call[2:]))
+            for _, call in sorted(calls.items())
+        )
+        finish = self.finish_reason or "stop"
+        return Answer("".join(parts), answer_finish(finish, bool(tool_calls)), tool_calls, logprobs)
 
     async def finish(self, *, status: UsageStatus, charge: bool = True) -> settlement.Usage:
         """Close the upstream, meter, and settle; safe to call more than once (the first
@@ -240,7 +259,6 @@ class Completion:
                 buyer_account_id=self.account_id,
                 operator_account_id=await self.owner.accounts.of(candidate.operator_id),  # cached
                 usage=usage,
-                budget_key_id=self.budget_key_id,
             )
         )
         settlements = self.owner.settlements
@@ -250,6 +268,21 @@ class Completion:
             with contextlib.suppress(Exception):
                 await asyncio.shield(written)
         return usage
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A whole answer: its text, why it ended, the tool calls it made, its logprobs."""
+
+    text: str
+    finish_reason: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: list[Any] | None = None
+
+
+def answer_finish(reason: str, tool_calls: bool) -> str:
+    """An answer that calls tools ends with "tool_calls", whatever the runtime said."""
+    return "tool_calls" if tool_calls and reason == "stop" else reason
 
 
 async def _close(stream: AsyncIterator[list[ChatChunk]]) -> None:

@@ -14,7 +14,7 @@ from pydantic import (
     field_validator,
 )
 
-from infer.errors import BadInput
+from infer.errors import BadInput, PayloadTooLarge
 from infer.gateway import features
 from infer.nodes.clients.base import ChatMessage, ChatRequest, Image, ToolCall
 from infer.security.text import MAX_MODEL_NAME, MODEL_NAME_CHARACTERS, is_model_name
@@ -309,9 +309,11 @@ def parse_body(
             raise BadInput(
                 f"{param} must be at most {max_tokens_limit} on this platform", param=param
             )
-    image_bytes = features.check_messages(body.messages, tools=body.tools)
-    if max_text_bytes is not None and len(raw) - image_bytes > max_text_bytes:
-        raise BadInput(f"the request body, its images aside, is larger than {max_text_bytes} bytes")
+    image_chars = features.check_messages(body.messages)
+    if max_text_bytes is not None and len(raw) - image_chars > max_text_bytes:
+        raise PayloadTooLarge(
+            f"the request body, its images aside, is larger than {max_text_bytes} bytes"
+        )
     if body.tools is not None:
         features.check_tools(body.tools, body.tool_choice)
     elif isinstance(body.tool_choice, NamedToolChoice) or body.tool_choice == "required":

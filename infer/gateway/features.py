@@ -98,7 +98,7 @@ def _image(given: ImageURL, param: str) -> int:
     return len(decoded)
 
 
-def check_messages(messages: Sequence[Message], *, tools: Sequence[ToolIn] | None) -> int:
+def check_messages(messages: Sequence[Message]) -> int:
     """Check content parts, images, tool calls and tool results; return the characters
     the images' data takes in the body.
 

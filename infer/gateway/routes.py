@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -15,12 +15,14 @@ from starlette.routing import Route
 
 from infer.authentication import gateway_principal
 from infer.billing.money import format_usd
-from infer.completions.completion import Completion
+from infer.completions.completion import Completion, answer_finish
 from infer.errors import InferError, UpstreamError
 from infer.gateway.body import ChatCompletionBody, parse_body
 from infer.gateway.errors import error_body, error_response
 from infer.gateway.stream import DEADLINE_LEAD_SECONDS, BuyerStream
 from infer.models import UsageStatus
+from infer.nodes.clients.base import ChatChunk
+from infer.nodes.clients.payloads import mint_call_id
 from infer.resources import Resources
 from infer.routing.preferences import parse_preferences
 
@@ -34,7 +36,11 @@ async def chat_completions(request: Request) -> Response:
     headers = {"x-request-id": request_id}
     try:
         principal = await gateway_principal(request, resources)
-        body = parse_body(await request.body(), max_tokens_limit=settings.max_tokens_limit)
+        body = parse_body(
+            await request.body(),
+            max_tokens_limit=settings.max_tokens_limit,
+            max_text_bytes=settings.max_body_bytes,
+        )
         completion = await resources.completions.start(
             buyer=principal,
             request=body.to_chat_request(
@@ -82,7 +88,7 @@ def _sse(payload: object) -> bytes:
 async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIterator[bytes]:
     created, model, ident = int(time.time()), body.model, _id(completion)
 
-    def chunk(delta: dict[str, str], finish: str | None) -> dict[str, object]:
+    def chunk(delta: dict[str, object], finish: str | None) -> dict[str, object]:
         return {
             "id": ident,
             "object": "chat.completion.chunk",
@@ -98,11 +104,18 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
     try:
         finish = None
         sent_role = False
+        calls = _ToolCallEvents()
         async for batch in completion.batches():
             # The chunks that arrived together leave together: one write, not one each.
             events: list[bytes] = []
             for piece in batch:
                 finish = piece.finish_reason or finish
+                if piece.tool_calls or piece.logprobs is not None:
+                    logprobs = piece.logprobs  # on the first of the piece's events
+                    for delta in _deltas(piece, calls, first=not sent_role):
+                        events.append(_sse(_with_logprobs(chunk(delta, None), logprobs)))
+                        sent_role, logprobs = True, None
+                    continue
                 if not piece.content:
                     continue
                 if sent_role:
@@ -115,7 +128,7 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
                 yield b"".join(events)
         status = UsageStatus.COMPLETED
         await completion.finish(status=status)
-        last = chunk({}, finish or "stop")
+        last = chunk({}, answer_finish(finish or "stop", calls.made))
         if body.include_usage:
             usage = {**chunk({}, None), "choices": [], "usage": _usage(completion)}
             yield _sse(last) + _sse(usage) + b"data: [DONE]\n\n"
@@ -130,6 +143,48 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
         await completion.finish(status=status)
 
 
+class _ToolCallEvents:
+    """Which tool calls a stream has opened (their first delta carries id and name)."""
+
+    def __init__(self) -> None:
+        self.opened: set[int] = set()
+
+    @property
+    def made(self) -> bool:
+        return bool(self.opened)
+
+
+def _deltas(piece: ChatChunk, calls: _ToolCallEvents, *, first: bool) -> list[dict[str, object]]:
+    """The deltas for a piece with tool calls or logprobs, as OpenAI streams them: a call
+    opens with its id, type and name (arguments ""), then its arguments come in fragments
+    carrying only the index."""
+    deltas: list[dict[str, object]] = []
+    if piece.content or not piece.tool_calls:
+        deltas.append({"content": piece.content})
+    for call in piece.tool_calls:
+        if call.position not in calls.opened:
+            calls.opened.add(call.position)
+            opening = {
+                "index": call.position,
+                "id": call.id or mint_call_id(),
+                "type": "function",
+                "function": {"name": call.name or "", "arguments": ""},
+            }
+            deltas.append({"tool_calls": [opening]})
+        if call.arguments:
+            fragment = {"index": call.position, "function": {"arguments": call.arguments}}
+            deltas.append({"tool_calls": [fragment]})
+    if first and deltas:
+        deltas[0] = {"role": "assistant", "content": deltas[0].get("content")} | deltas[0]
+    return deltas
+
+
+def _with_logprobs(event: dict[str, Any], logprobs: tuple[Any, ...] | None) -> dict[str, Any]:
+    if logprobs is not None:
+        event["choices"][0]["logprobs"] = {"content": list(logprobs)}
+    return event
+
+
 async def _whole(
     request: Request, completion: Completion, body: ChatCompletionBody, headers: dict[str, str]
 ) -> Response:
@@ -141,19 +196,30 @@ async def _whole(
         await completion.finish(status=UsageStatus.CLIENT_DISCONNECTED)
     if answer is None:
         return Response(status_code=499)  # nobody is listening any more
-    text, finish = answer
+    message: dict[str, object] = {"role": "assistant", "content": answer.text}
+    if answer.tool_calls:
+        message["content"] = answer.text or None
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in answer.tool_calls
+        ]
+    choice: dict[str, object] = {
+        "index": 0,
+        "message": message,
+        "finish_reason": answer.finish_reason,
+    }
+    if answer.logprobs is not None:
+        choice["logprobs"] = {"content": answer.logprobs}
     payload = {
         "id": _id(completion),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-            }
-        ],
+        "choices": [choice],
         "usage": _usage(completion),
     }
     return Response(orjson.dumps(payload), headers=headers, media_type="application/json")

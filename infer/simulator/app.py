@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from infer.simulator.features import ToolCall, chat_capabilities, plan
 from infer.simulator.models import (
     JSON,
     KEEP_ALIVE,
@@ -49,6 +51,12 @@ class _Generation:
         rng = random.Random(f"{seed}\x00" + "\x00".join(job.contents))  # noqa: S311
         self.completion = compose(rng, job.limit, config.length_range)
         self.prompt_tokens = count_prompt_tokens(job.contents)
+        self.tool_call: ToolCall | None = None
+        if job.features is not None:
+            self.prompt_tokens += job.features.prompt_tokens
+            planned = plan(job.features, job.limit)
+            if planned is not None:
+                self.completion, self.tool_call = planned.completion, planned.tool_call
         self.config = config
         self.job = job
         self.started = started
@@ -262,7 +270,7 @@ class _Simulator:
                     "general.architecture": model.family,
                     f"{model.family}.context_length": 8192,
                 },
-                "capabilities": ["completion", "tools"],
+                "capabilities": chat_capabilities(model.name),
                 "modified_at": timestamp(self.modified_at),
             }
         )
@@ -330,6 +338,10 @@ class _Simulator:
                 pass
         except Dropped:
             return _Truncated(dumps(_ollama_final(started, key, started.text)), media_type=JSON)
+        if started.tool_call is not None:
+            final = _ollama_final(started, key, "")
+            final[key]["tool_calls"] = _ollama_tool_calls(started.tool_call)
+            return json_response(final)
         return json_response(_ollama_final(started, key, started.text))
 
     async def openai_chat(self, request: Request) -> Response:
@@ -358,14 +370,26 @@ def _ollama_object(model: str, key: str, content: str) -> dict[str, Any]:
 
 def _ollama_final(generation: _Generation, key: str, content: str) -> dict[str, Any]:
     final = _ollama_object(generation.job.model, key, content)
-    final |= {"done_reason": generation.completion.done_reason, "done": True}
+    reason = generation.completion.done_reason
+    final |= {"done_reason": "stop" if reason == "tool_calls" else reason, "done": True}
     return final | generation.metrics()
+
+
+def _ollama_tool_calls(call: ToolCall) -> list[dict[str, Any]]:
+    """As Ollama sends them: whole, the arguments an object, no id."""
+    return [{"function": {"name": call.name, "arguments": json.loads(call.arguments)}}]
 
 
 async def _ollama_lines(generation: _Generation, key: str) -> AsyncIterator[bytes]:
     model = generation.job.model
+    call = generation.tool_call
     async for piece in generation.pieces():
-        yield dumps(_ollama_object(model, key, piece) | {"done": False}) + b"\n"
+        if call is None:
+            yield dumps(_ollama_object(model, key, piece) | {"done": False}) + b"\n"
+    if call is not None:  # Ollama parses the call once the model has written all of it
+        line = _ollama_object(model, key, "")
+        line[key]["tool_calls"] = _ollama_tool_calls(call)
+        yield dumps(line | {"done": False}) + b"\n"
     yield dumps(_ollama_final(generation, key, "")) + b"\n"
 
 
@@ -390,8 +414,23 @@ async def _openai_events(generation: _Generation, completion_id: str) -> AsyncIt
         delta = {"role": "assistant", "content": content}
         return [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
 
+    def calling(delta: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": delta, "finish_reason": None}]
+
+    call = generation.tool_call
+    if call is not None:  # as OpenAI streams a call: id and name, then the arguments
+        opening = {"index": 0, "id": call.id, "type": "function"}
+        opening["function"] = {"name": call.name, "arguments": ""}
+        delta = {"role": "assistant", "content": None, "tool_calls": [opening]}
+        yield event(_openai_chunk(generation, completion_id, calling(delta)))
     async for piece in generation.pieces():
-        yield event(_openai_chunk(generation, completion_id, choice(piece, None)))
+        if call is None:
+            yield event(_openai_chunk(generation, completion_id, choice(piece, None)))
+        else:
+            fragment = {"index": 0, "function": {"arguments": piece}}
+            yield event(
+                _openai_chunk(generation, completion_id, calling({"tool_calls": [fragment]}))
+            )
     done_reason = generation.completion.done_reason
     yield event(_openai_chunk(generation, completion_id, choice("", done_reason)))
     if generation.job.include_usage:
@@ -400,7 +439,12 @@ async def _openai_events(generation: _Generation, completion_id: str) -> AsyncIt
 
 
 def _openai_completion(generation: _Generation, completion_id: str) -> dict[str, Any]:
-    message = {"role": "assistant", "content": generation.text}
+    message: dict[str, Any] = {"role": "assistant", "content": generation.text}
+    if generation.tool_call is not None:
+        call = generation.tool_call
+        function = {"name": call.name, "arguments": call.arguments}
+        message = {"role": "assistant", "content": None}
+        message["tool_calls"] = [{"id": call.id, "type": "function", "function": function}]
     choice = {"index": 0, "message": message, "finish_reason": generation.completion.done_reason}
     return {
         "id": completion_id,

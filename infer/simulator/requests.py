@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from infer.simulator.features import Features, read_features
+
 
 class Failure(Exception):
     """A request answered with an error; each API family renders it its own way."""
@@ -30,6 +32,7 @@ class Job:
     limit: int | None
     seed: int | None
     include_usage: bool = False
+    features: Features | None = None  # tools, a response format, images (features.py)
 
 
 def _integer(value: object, name: str) -> int | None:
@@ -71,6 +74,18 @@ def _messages(data: dict[str, Any]) -> list[str]:
     return [_text(m.get("content")) for m in messages]
 
 
+def _features(data: dict[str, Any], dialect: str) -> Features | None:
+    """The request's features, when it has any (a plain chat skips the reading)."""
+    plain = not any(key in data for key in ("tools", "format", "response_format")) and all(
+        isinstance(m, dict)
+        and m.get("role") != "tool"
+        and isinstance(m.get("content"), str)
+        and not m.get("images")
+        for m in data.get("messages") or []
+    )
+    return None if plain else read_features(data, dialect=dialect)
+
+
 def parse_ollama_chat(data: dict[str, Any]) -> Job:
     options = data.get("options") or {}
     if not isinstance(options, dict):
@@ -82,6 +97,7 @@ def parse_ollama_chat(data: dict[str, Any]) -> Job:
         stream=data.get("stream") is not False,
         limit=limit if limit and limit > 0 else None,  # Ollama: -1 and 0 mean no limit
         seed=_integer(options.get("seed"), "seed"),
+        features=_features(data, "ollama"),
     )
 
 
@@ -105,4 +121,5 @@ def parse_openai_chat(data: dict[str, Any]) -> Job:
         limit=limit if limit and limit > 0 else None,
         seed=_integer(data.get("seed"), "seed"),
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        features=_features(data, "openai"),
     )

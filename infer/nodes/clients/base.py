@@ -45,6 +45,10 @@ class ModelDetails:
 # What a request may need of a model beyond plain text chat (see ChatRequest.needs).
 NEEDS = frozenset({"tools", "vision", "json_schema", "json_object", "logprobs"})
 NO_NEEDS: frozenset[str] = frozenset()
+# Prompt tokens of one image: vision encoders take a few hundred (LLaVA 576) to 16,384
+# (Qwen2.5-VL at its default largest size); the bound keeps the hold above any of them.
+IMAGE_TOKENS_BOUND = 16384
+IMAGE_TOKENS_TYPICAL = 1024
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,8 @@ class ChatRequest:
         """
         texts = [m.content for m in self.messages]
         for message in self.messages:
-            texts += (call.name + call.arguments for call in message.tool_calls)
+            if message.tool_calls:
+                texts += (call.name + call.arguments for call in message.tool_calls)
         texts += (tool_text(tool) for tool in self.tools)
         if self.response_format is not None and self.response_format.schema is not None:
             texts.append(json.dumps(self.response_format.schema))
@@ -158,6 +163,11 @@ class ChatRequest:
     @property
     def images(self) -> int:
         return sum(len(m.images) for m in self.messages if m.parts)
+
+    def image_tokens(self) -> tuple[int, int]:
+        """The prompt tokens the images may take at most, and typically."""
+        images = self.images
+        return images * IMAGE_TOKENS_BOUND, images * IMAGE_TOKENS_TYPICAL
 
 
 def tool_text(tool: Tool) -> str:
@@ -195,6 +205,8 @@ class ChatChunk(NamedTuple):
     finish_reason: str | None = None
     usage: Usage | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    # OpenAI's logprobs `content` entries for this piece, as the runtime sent them.
+    logprobs: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)

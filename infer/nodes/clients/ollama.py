@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import AsyncGenerator
 
@@ -15,21 +16,25 @@ from infer.nodes.clients.base import (
     ModelInfo,
     Probe,
     RuntimeClient,
+    ToolCallDelta,
     Usage,
 )
 from infer.nodes.clients.clock import StreamClock, probe_deadline
 from infer.nodes.clients.details import ollama_show
 from infer.nodes.clients.payloads import (
+    MAX_TOOL_CALLS,
     as_list,
     as_object,
     as_text,
     malformed,
     messages,
+    mint_call_id,
     optional_count,
     optional_text,
     parse_json,
     reject_error,
     sampling,
+    tool_definitions,
 )
 from infer.nodes.clients.wire import drain, fetch_json, open_stream, read_lines
 
@@ -49,19 +54,51 @@ def chat_body(request: ChatRequest) -> dict[str, object]:
         options["num_predict"] = request.max_tokens
     # Ollama's own sampling options, passed on as the buyer set them.
     options.update({k: v for k, v in request.extra.items() if k in OLLAMA_OPTIONS})
-    return {
+    body: dict[str, object] = {
         "model": request.model,
-        "messages": messages(request, roles=ROLES),
+        "messages": messages(request, roles=ROLES) if not request.needs else _messages(request),
         "stream": True,
         "options": options,
     }
+    if request.tools and request.tool_choice != "none":
+        # Ollama has no tool_choice: a named function is the only one offered.
+        forced = request.forced_tool
+        body["tools"] = tool_definitions(t for t in request.tools if forced in (None, t.name))
+    form = request.response_format
+    if form is not None:
+        body["format"] = form.schema if form.type == "json_schema" else "json"
+    return body
 
 
-def parse_line(line: bytes) -> ChatChunk:
+def _messages(request: ChatRequest) -> list[dict[str, object]]:
+    """Messages in Ollama's form: images as base64 beside the text, tool calls' arguments
+    as objects, a tool result naming the function it answers."""
+    names = {c.id: c.name for m in request.messages for c in m.tool_calls}
+    found: list[dict[str, object]] = []
+    for m in request.messages:
+        item: dict[str, object] = {"role": ROLES.get(m.role, m.role), "content": m.content}
+        if m.parts:
+            item["images"] = [image.data for image in m.images]
+        if m.tool_calls:
+            item["tool_calls"] = [
+                {"function": {"name": c.name, "arguments": json.loads(c.arguments)}}
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id is not None:
+            item["tool_call_id"] = m.tool_call_id
+            item["tool_name"] = names.get(m.tool_call_id, "")
+        found.append(item)
+    return found
+
+
+def parse_line(line: bytes, *, calls: int = 0) -> ChatChunk:
     """One object of a streamed /api/chat answer; the one with `done` true closes it.
 
     The counts sit on that last object. Ollama omits a count that is zero (a prompt
-    served wholly from its cache), so with either missing, usage is None.
+    served wholly from its cache), so with either missing, usage is None. Ollama sends
+    each tool call whole, its arguments as an object, often without an id: they are
+    numbered from `calls` (those already sent), given an id, and their arguments
+    written as JSON text, as OpenAI's are.
     """
     item = as_object(parse_json(line), "line")
     reject_error(item)
@@ -70,15 +107,38 @@ def parse_line(line: bytes) -> ChatChunk:
         raise malformed("done is not a boolean")
     message = item.get("message")
     content = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
     if message is not None or not done:
-        content = as_text(as_object(message, "message").get("content"), "message.content")
+        message = as_object(message, "message")
+        content = as_text(message.get("content"), "message.content")
+        if message.get("tool_calls") is not None:
+            tool_calls = _tool_calls(message["tool_calls"], calls)
     if not done:
-        return ChatChunk(content=content)
+        return ChatChunk(content, None, None, tool_calls)
     reason = optional_text(item.get("done_reason"), "done_reason")
     prompt = optional_count(item.get("prompt_eval_count"), "prompt_eval_count")
     completion = optional_count(item.get("eval_count"), "eval_count")
     usage = None if prompt is None or completion is None else Usage(prompt, completion)
-    return ChatChunk(content, "length" if reason == "length" else "stop", usage)
+    return ChatChunk(content, "length" if reason == "length" else "stop", usage, tool_calls)
+
+
+def _tool_calls(value: object, calls: int) -> tuple[ToolCallDelta, ...]:
+    found: list[ToolCallDelta] = []
+    for number, item in enumerate(as_list(value, "tool_calls"), start=calls):
+        if number >= MAX_TOOL_CALLS:
+            raise malformed("too many tool calls")
+        call = as_object(item, "tool call")
+        function = as_object(call.get("function"), "tool call function")
+        arguments = as_object(function.get("arguments", {}), "tool call arguments")
+        found.append(
+            ToolCallDelta(
+                number,
+                optional_text(call.get("id"), "tool call id") or mint_call_id(),
+                as_text(function.get("name"), "tool call name"),
+                json.dumps(arguments, separators=(",", ":"), ensure_ascii=False),
+            )
+        )
+    return tuple(found)
 
 
 def model_names(document: object, what: str) -> tuple[str, ...]:
@@ -127,6 +187,7 @@ class OllamaClient(RuntimeClient):
         clock = StreamClock(self.deadlines)
         body = chat_body(request)
         last: ChatChunk | None = None
+        calls = 0  # tool calls sent so far
         async with (
             open_stream(
                 self, "/api/chat", body, clock=clock, accept=NDJSON, model=request.model
@@ -140,12 +201,15 @@ class OllamaClient(RuntimeClient):
                     for line in lines:
                         if not line.strip():
                             continue
-                        chunk = parse_line(line)
+                        chunk = parse_line(line, calls=calls)
                         events = True
+                        calls += len(chunk.tool_calls)
                         if chunk.finish_reason:
-                            last = chunk
+                            last = chunk._replace(content="", tool_calls=())
+                            if chunk.content or chunk.tool_calls:
+                                texts.append(ChatChunk(chunk.content, None, None, chunk.tool_calls))
                             break
-                        if chunk.content:
+                        if chunk.content or chunk.tool_calls:
                             texts.append(chunk)
                 except UpstreamError:
                     if texts:
@@ -160,4 +224,6 @@ class OllamaClient(RuntimeClient):
                     clock.mark_event()
         if last is None:
             raise UpstreamError("the node ended the stream before the answer was finished")
+        if calls and last.finish_reason == "stop":
+            last = last._replace(finish_reason="tool_calls")
         yield [last]

@@ -25,11 +25,13 @@ from infer.nodes.clients.payloads import (
     as_text,
     finish_reason,
     messages,
+    openai_features,
     optional_text,
     parse_json,
     parse_usage,
     reject_error,
     sampling,
+    tool_call_deltas,
 )
 from infer.nodes.clients.sse import EventDecoder
 from infer.nodes.clients.wire import drain, fetch_json, open_stream, read_lines
@@ -44,6 +46,8 @@ def chat_body(request: ChatRequest, *, include_usage: bool) -> dict[str, object]
     body |= sampling(request)
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
+    if request.needs:
+        body |= openai_features(request)
     body |= {"model": request.model, "messages": messages(request), "stream": True}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
@@ -51,7 +55,8 @@ def chat_body(request: ChatRequest, *, include_usage: bool) -> dict[str, object]
 
 
 def parse_chunk(data: bytes) -> ChatChunk:
-    """One streamed `chat.completion.chunk`: choice 0's text and finish reason, and usage."""
+    """One streamed `chat.completion.chunk`: choice 0's text, tool calls, logprobs and
+    finish reason, and usage."""
     chunk = as_object(parse_json(data), "chunk")
     reject_error(chunk)
     usage = parse_usage(chunk.get("usage"))
@@ -64,7 +69,14 @@ def parse_chunk(data: bytes) -> ChatChunk:
         delta = as_object({} if delta is None else delta, "choice.delta")
         content = optional_text(delta.get("content"), "delta.content") or ""
         reason = optional_text(choice.get("finish_reason"), "choice.finish_reason")
-        return ChatChunk(content, None if reason is None else finish_reason(reason), usage)
+        calls = tool_call_deltas(delta.get("tool_calls"))
+        logprobs = choice.get("logprobs")
+        if logprobs is not None:
+            tokens = as_object(logprobs, "choice.logprobs").get("content")
+            logprobs = None if tokens is None else tuple(as_list(tokens, "logprobs.content"))
+        return ChatChunk(
+            content, None if reason is None else finish_reason(reason), usage, calls, logprobs
+        )
     return ChatChunk(usage=usage)
 
 
@@ -83,15 +95,17 @@ class _Answer:
         self.usage: Usage | None = None
         self.done = False
 
-    def take(self, data: bytes) -> str:
-        """Absorb one event's data; return its text."""
+    def take(self, data: bytes) -> ChatChunk | None:
+        """Absorb one event's data; return what it brings to relay (text, tool calls)."""
         if data.strip() == DONE:
             self.done = True
-            return ""
+            return None
         chunk = parse_chunk(data)
         self.usage = chunk.usage or self.usage  # the last figure is the cumulative one
         self.reason = chunk.finish_reason or self.reason
-        return chunk.content
+        if chunk.content or chunk.tool_calls or chunk.logprobs:
+            return ChatChunk(chunk.content, None, None, chunk.tool_calls, chunk.logprobs)
+        return None
 
     def last(self) -> ChatChunk:
         """The closing chunk; a stream that just stops, unfinished, is an error."""
@@ -147,8 +161,8 @@ class OpenAICompatibleClient(RuntimeClient):
                             if data is None:
                                 continue
                             events = True
-                            if text := answer.take(data):
-                                texts.append(ChatChunk(content=text))
+                            if piece := answer.take(data):
+                                texts.append(piece)
                             if answer.done:
                                 break
                     except UpstreamError:
@@ -164,8 +178,8 @@ class OpenAICompatibleClient(RuntimeClient):
                         clock.mark_event()
                 else:
                     data = decoder.flush()
-                    if data is not None and (text := answer.take(data)):
-                        yield [ChatChunk(content=text)]
+                    if data is not None and (piece := answer.take(data)):
+                        yield [piece]
             except UpstreamError:
                 if answer.reason is None:
                     raise
