@@ -79,6 +79,7 @@ class Completion:
         self.finish_reason: str | None = None
         self.usage: settlement.Usage | None = None
         self.rate_limits: dict[str, str] = {}
+        self.budget_key_id: uuid.UUID | None = None  # the key budget its hold reserves against
         self._reported: Usage | None = None
 
     async def connect(self, attempts: list[Candidate]) -> None:
@@ -259,6 +260,7 @@ class Completion:
                 buyer_account_id=self.account_id,
                 operator_account_id=await self.owner.accounts.of(candidate.operator_id),  # cached
                 usage=usage,
+                budget_key_id=self.budget_key_id,
             )
         )
         settlements = self.owner.settlements

@@ -22,6 +22,7 @@ from infer.billing.settlement import Settlement
 from infer.completions import spool
 from infer.completions.completion import Completion
 from infer.db import Database, is_transient
+from infer.errors import ModelNotAllowed
 from infer.keys.limits import KeyLimits, admit
 from infer.models import utcnow
 from infer.nodes.clients.base import ChatRequest, Deadlines
@@ -182,6 +183,13 @@ class Completions:
         its hold back.
         """
         max_tokens = request.max_tokens or self.policy.default_max_tokens
+        allowed = buyer.allowed_models
+        if allowed is not None and request.model not in allowed:
+            raise ModelNotAllowed(
+                f"This API key may not use the model {request.model!r}; it may use"
+                f" {', '.join(sorted(allowed)) or 'no model'}.",
+                param="model",
+            )
         contents = request.prompt_texts()  # tools and tool calls are prompt too
         image_bound, image_typical = request.image_tokens()
         prompt_bound = estimate_prompt_tokens(contents) + image_bound
@@ -203,6 +211,7 @@ class Completions:
         )
         account_id = await self.accounts.of(buyer.user_id)
         held: asyncio.Future[uuid.UUID] | None = None
+        budget_key_id = buyer.api_key_id if buyer.has_budget else None
         if worst_case > 0:
             held = self.holds.enqueue(
                 batches.HoldRequest(
@@ -210,6 +219,7 @@ class Completions:
                     amount=worst_case,
                     request_id=request_id,
                     expires_at=utcnow() + self.policy.hold_ttl,
+                    budget_key_id=budget_key_id,
                 )
             )
         try:
@@ -237,6 +247,7 @@ class Completions:
             max_tokens=max_tokens,
         )
         completion.rate_limits = rate_limits
+        completion.budget_key_id = budget_key_id if hold_id is not None else None
         try:
             # Whoever answers is paid even if the database goes away meanwhile: their
             # ledger accounts are known (and cached) before any node is called.
