@@ -57,6 +57,9 @@ class PlatformDouble:
         )
         return RegisteredNode(id="node-1", status="online", status_reason=None)
 
+    def confirm_node(self, node_id: str) -> None:
+        self.node(node_id)
+
     def node(self, node_id: str) -> NodeState:
         if self.refuse is not None:
             raise self.refuse

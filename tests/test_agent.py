@@ -53,7 +53,7 @@ SCHEMA = build_schema(
       gpu: JSON, token: String
     }
     type Node { id: ID!, status: NodeStatus!, statusReason: String }
-    type Query { ping: Boolean }
+    type Query { node(id: ID!): Node }
     type Mutation { registerNode(input: RegisterNodeInput!): Node! }
     """
 )
@@ -75,6 +75,12 @@ class Platform:
         self.inputs.append(input)
         node_id = self.nodes.setdefault(input["name"], str(uuid.uuid4()))
         return {"id": node_id, "status": "PENDING", "statusReason": None}
+
+    def node(self, info: object, id: str) -> dict[str, Any] | None:
+        if self.refusals:
+            code, message = self.refusals.pop(0)
+            raise GraphQLError(message, extensions={"code": code})
+        return {"id": id, "status": "ONLINE"} if id in self.nodes.values() else None
 
     async def graphql(self, request: Request) -> Response:
         body = await request.json()
@@ -347,6 +353,18 @@ def test_the_agent_stops_on_a_refused_key(platform: tuple[Platform, str], ollama
     runner, line = agent(url, Detections(ollama), io.StringIO())
     with pytest.raises(PlatformError, match="revoked"):
         runner.run(line, interval=0, iterations=2)
+
+
+def test_the_agent_stops_within_a_round_once_its_key_is_revoked(
+    platform: tuple[Platform, str], ollama: str
+) -> None:
+    state, url = platform
+    runner, line = agent(url, Detections(ollama), io.StringIO())
+    runner.run(line, interval=0, iterations=2)  # registered, then confirmed
+    assert runner.registrations == 1
+    state.refusals.append(("UNAUTHENTICATED", "this key was revoked"))
+    with pytest.raises(PlatformError, match="revoked"):
+        runner.run(line, interval=0, iterations=1)  # nothing to register: it asks all the same
 
 
 def test_the_live_line_is_rewritten_in_place_and_fits_the_terminal() -> None:

@@ -26,6 +26,8 @@ class Registrar(Protocol):
 
     def register_node(self, registration: Registration) -> RegisteredNode: ...
 
+    def confirm_node(self, node_id: str) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Status:
@@ -173,6 +175,15 @@ class Agent:
                 return Status("error", exc.message, self.synced_at)
             self.registered = registration
             self.registrations += 1
+        elif self.node is not None:
+            # Nothing to register: ask after the node all the same, so that a key revoked
+            # (or a node deregistered) on the dashboard stops the agent within a round.
+            try:
+                self.platform.confirm_node(self.node.id)
+            except PlatformError as exc:
+                if not exc.retryable:
+                    raise
+                return Status("error", exc.message, self.synced_at)
         self.synced_at = self.clock()
         return Status("online", describe(registration, self.node), self.synced_at)
 

@@ -40,6 +40,7 @@ mutation SetNodePaused($id: ID!, $paused: Boolean!) {{
 }}
 """
 WHO_AM_I = "query WhoAmI { me { id nodes { id } } }"
+NODE_THERE = "query NodeThere($id: ID!) { node(id: $id) { id } }"
 CAN_SPEND = "query CanSpend { me { balance } }"
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 # Codes after which the same request may well succeed later.
@@ -265,6 +266,13 @@ class PlatformClient:
         if not isinstance(nodes, list):
             raise PlatformError("the platform's answer to me.nodes has no node list")
         return tuple(node_state(node) for node in nodes)
+
+    def confirm_node(self, node_id: str) -> None:
+        """Raises PlatformError unless this key may still see the node (not revoked, not
+        deregistered): the agent's check on a round with nothing to register."""
+        found = self.execute(NODE_THERE, {"id": node_id}).get("node")
+        if not isinstance(found, dict) or found.get("id") != node_id:
+            raise PlatformError(f"the platform has no node {node_id} for this key any more")
 
     def set_paused(self, node_id: str, paused: bool) -> NodeState:
         """Pauses (drains: no new requests, in-flight ones finish) or resumes a node."""
