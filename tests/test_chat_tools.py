@@ -14,7 +14,13 @@ from test_gateway import Market
 
 from infer.config import Settings
 from infer.db import Database
-from infer.simulator import count_prompt_tokens
+from infer.gateway.body import parse_body
+from infer.models import Runtime
+from infer.nodes.clients import client_for
+from infer.nodes.clients.base import Deadlines
+from infer.nodes.http import create_http_client
+from infer.nodes.transport import NodeHTTP
+from infer.simulator import SimulatorConfig, count_prompt_tokens, serve_simulator_in_thread
 from infer.simulator.features import Features
 
 MODEL = "llama3.2:1b"
@@ -193,3 +199,30 @@ async def test_the_sdk_raises_bad_request_for_an_unanswered_tool_message(market:
             messages=[USER, {"role": "tool", "tool_call_id": "call_x", "content": "18"}],
         )
     assert caught.value.param == "messages.1.tool_call_id"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[NodeHTTP]:
+    deadlines = Deadlines(connect=2, first_byte=5, idle=5, total=30, health=5)
+    async with create_http_client(allow_private=True, deadlines=deadlines) as client:
+        yield client
+
+
+@pytest.mark.parametrize("runtime", [Runtime.OLLAMA, Runtime.OPENAI])
+async def test_each_runtime_face_returns_the_call_in_openais_pieces(
+    http: NodeHTTP, runtime: Runtime
+) -> None:
+    body = {"model": MODEL, "messages": [USER], "tools": [WEATHER, TIME]}
+    request = parse_body(json.dumps(body).encode(), max_tokens_limit=100).to_chat_request(
+        max_tokens=100
+    )
+    with serve_simulator_in_thread(SimulatorConfig(models=(MODEL,), seed=7)) as url:
+        chunks = [c async for c in client_for(runtime, http, base_url=url).stream_chat(request)]
+    deltas = [d for c in chunks for d in c.tool_calls]
+    assert {d.position for d in deltas} == {0}
+    assert [d.name for d in deltas if d.name] == ["get_weather"]
+    assert str(deltas[0].id).startswith("call_")
+    assert json.loads("".join(d.arguments for d in deltas)) == {"city": "a", "unit": "c"}
+    assert chunks[-1].finish_reason == "tool_calls"
+    if runtime == Runtime.OPENAI:  # an OpenAI-compatible server streams the arguments
+        assert len(deltas) > 2

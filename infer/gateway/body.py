@@ -13,6 +13,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 
 from infer.errors import BadInput, PayloadTooLarge
 from infer.gateway import features
@@ -270,6 +271,18 @@ def _finite(value: object) -> bool:
     return True
 
 
+def _first(errors: list[ErrorDetails]) -> ErrorDetails:
+    """The first error; where a value matched no member of a union (a content string or
+    a list of parts), the deepest of that value's errors, which names the bad part."""
+    first = errors[0]
+    loc = first["loc"]
+    union = next((i for i, p in enumerate(loc) if isinstance(p, str) and "[" in p), None)
+    if union is None:
+        return first
+    same = [e for e in errors if e["loc"][:union] == loc[:union]]
+    return max(same, key=lambda e: len(e["loc"]))
+
+
 def _location(loc: tuple[int | str, ...]) -> str | None:
     """A field's path as `messages.0.content`; a union's member names are left out."""
     kept = (str(p) for p in loc if isinstance(p, int) or not any(c in p for c in "[("))
@@ -288,7 +301,7 @@ def parse_body(
     try:
         body = ChatCompletionBody.model_validate_json(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        error = _first(exc.errors())
         location = _location(error["loc"])
         if error["type"] == "json_invalid":
             raise BadInput("the request body is not valid JSON") from exc
