@@ -21,6 +21,8 @@ from infer.config import Settings, load_settings
 from infer.gateway.errors import OUTAGE_ERRORS, http_error, outage_error, server_error
 from infer.gateway.features import IMAGES_BODY_BYTES
 from infer.gateway.routes import routes as gateway_routes
+from infer.logs import RequestIds, configure_logging
+from infer.metrics import metrics_endpoint
 from infer.middleware import BodySizeLimit, SecurityHeaders
 from infer.resources import Resources
 from infer.schema.root import build_schema
@@ -71,7 +73,9 @@ _PAGE_MESSAGES = {
 
 def app_from_environment() -> Starlette:
     """The app of one worker process of `infer serve --workers N`, configured as its parent."""
-    return create_app(load_settings(), freeze_heap=True)
+    settings = load_settings()
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    return create_app(settings, freeze_heap=True)
 
 
 def freeze_startup_heap() -> None:
@@ -120,11 +124,13 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
     routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         *gateway_routes,
         *web_routes,
     ]
     middleware = [
+        Middleware(RequestIds),  # outermost: every response and log line has the id
         # Browsers on the listed origins may call with a Bearer key; cookies never count
         # cross-origin (no credentials), so the dashboard's session stays same-origin.
         Middleware(

@@ -103,13 +103,20 @@ class Settings(BaseSettings):
     max_nodes_per_operator: int = Field(default=100, ge=1)
     client_write_timeout: float = Field(default=30.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    # text: one readable line per record; json: one JSON object per line with the request id.
+    log_format: Literal["text", "json"] = "text"
+    # GET /metrics: with a token, only `Authorization: Bearer <token>`; without one, open in
+    # development and off (404) in production.
+    metrics_token: SecretStr | None = None
 
-    @field_validator("redis_url", "google_client_id", "google_client_secret", mode="before")
+    @field_validator(
+        "redis_url", "google_client_id", "google_client_secret", "metrics_token", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _any_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

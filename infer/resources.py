@@ -20,6 +20,7 @@ from infer.keys.limits import KeyLimits
 from infer.keys.revocations import KeyChanges
 from infer.keys.service import KeyMaterial
 from infer.marketplace.figures import FiguresRollup
+from infer.metrics import Metrics
 from infer.nodes.clients.base import Deadlines
 from infer.nodes.http import create_http_client
 from infer.nodes.monitor_thread import MonitorConfig, MonitorThread
@@ -55,6 +56,7 @@ class Resources:
     completions: Completions
     key_changes: KeyChanges
     figures: FiguresRollup
+    metrics: Metrics
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _listener: asyncio.Task[None] | None = None
@@ -78,6 +80,7 @@ class Resources:
         http = create_http_client(
             allow_private=settings.allow_private_endpoints, deadlines=deadlines
         )
+        metrics = Metrics()
         return cls(
             settings=settings,
             db=db,
@@ -120,7 +123,9 @@ class Resources:
                 ),
                 limiter=limiter,
                 spool_dir=settings.spool_dir,
+                metrics=metrics,
             ),
+            metrics=metrics,
         )
 
     def redis_status(self) -> str | None:

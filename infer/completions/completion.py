@@ -202,6 +202,16 @@ class Completion:
         assert usage is not None  # a shield scope is never cancelled, so it was set
         return usage
 
+    def _measure(self, metered: Metered, duration_ms: float) -> None:
+        """Into the metrics: this answer (HTTP 200 once its headers went), its time and tokens."""
+        metrics = self.owner.metrics
+        series = metrics.series(self.request.model)
+        if self._ttft_ms is not None:
+            series.ttft.observe(self._ttft_ms / 1000)
+        series.tokens_in.inc(metered.prompt_tokens)
+        series.tokens_out.inc(metered.completion_tokens)
+        metrics.finished(self.request.model, 200, duration_ms / 1000)
+
     async def _settle(self, status: UsageStatus, charge: bool) -> settlement.Usage:
         candidate = self.candidate
         assert candidate is not None
@@ -243,6 +253,7 @@ class Completion:
             ttft_ms=self._ttft_ms,
             duration_ms=duration_ms,
         )
+        self._measure(metered, duration_ms)
         generation_s = (duration_ms - (self._ttft_ms or 0)) / 1000
         await self.owner.router.state.release(
             candidate.node_id,

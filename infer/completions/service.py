@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,8 +23,9 @@ from infer.billing.settlement import Settlement
 from infer.completions import spool
 from infer.completions.completion import Completion
 from infer.db import Database, is_transient
-from infer.errors import ModelNotAllowed
+from infer.errors import InferError, ModelNotAllowed, NotFound
 from infer.keys.limits import KeyLimits, admit
+from infer.metrics import UNROUTED, Metrics
 from infer.models import utcnow
 from infer.nodes.clients.base import ChatRequest, Deadlines
 from infer.nodes.transport import NodeHTTP
@@ -80,8 +82,10 @@ class Completions:
         policy: BillingPolicy,
         limiter: RateLimiter,
         spool_dir: Path,
+        metrics: Metrics,
     ) -> None:
         self.db = db
+        self.metrics = metrics
         self.router = router
         self.http = http
         self.keyring = keyring
@@ -142,10 +146,18 @@ class Completions:
         """
         written = self.settlements.enqueue(item)
         written.add_done_callback(functools.partial(self._written, item))
+        self.metrics.settlement_queue.set(self.settlements.backlog)
         return written
 
     def _written(self, item: Settlement, written: asyncio.Future[None]) -> None:
-        if written.cancelled() or written.exception() is None:
+        self.metrics.settlement_queue.set(self.settlements.backlog)
+        if written.cancelled():
+            return
+        if written.exception() is None:
+            if item.hold_id is not None:
+                self.metrics.holds_open.dec()
+            if item.usage is not None and item.usage.cost:
+                self.metrics.settled.inc(item.usage.cost)
             return
         error = written.exception()
         assert error is not None
@@ -168,6 +180,27 @@ class Completions:
                 await self.settlements.flushed()
 
     async def start(
+        self,
+        *,
+        buyer: Principal,
+        request: ChatRequest,
+        preferences: Preferences,
+        request_id: str,
+    ) -> Completion:
+        """Start a completion (below); a refusal is counted in the metrics as it leaves."""
+        began = time.perf_counter()
+        try:
+            return await self._start(
+                buyer=buyer, request=request, preferences=preferences, request_id=request_id
+            )
+        except InferError as error:
+            # Only a model some node serves may name a series (NotFound: none does).
+            routed = not isinstance(error, NotFound | ModelNotAllowed)
+            model = request.model if routed else UNROUTED
+            self.metrics.finished(model, error.status, time.perf_counter() - began)
+            raise
+
+    async def _start(
         self,
         *,
         buyer: Principal,
@@ -234,6 +267,8 @@ class Completions:
                 held.add_done_callback(self._give_back)
             raise
         hold_id = None if held is None else await asyncio.shield(held)
+        if hold_id is not None:
+            self.metrics.holds_open.inc()
         completion = Completion(
             self,
             buyer=buyer,

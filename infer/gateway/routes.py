@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ from infer.errors import InferError, UpstreamError
 from infer.gateway.body import ChatCompletionBody, parse_body
 from infer.gateway.errors import error_body, error_response
 from infer.gateway.stream import DEADLINE_LEAD_SECONDS, BuyerStream
+from infer.logs import request_id_of
 from infer.models import UsageStatus
 from infer.nodes.clients.base import ChatChunk
 from infer.nodes.clients.payloads import mint_call_id
@@ -32,7 +32,7 @@ T = TypeVar("T")
 async def chat_completions(request: Request) -> Response:
     resources: Resources = request.state.resources
     settings = resources.settings
-    request_id = uuid.uuid4().hex
+    request_id = request_id_of(request.scope)
     headers = {"x-request-id": request_id}
     try:
         principal = await gateway_principal(request, resources)
