@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -132,9 +131,12 @@ class ChatRequest:
     # Other OpenAI fields the runtime may understand, passed through where it does.
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @functools.cached_property
+    @property
     def needs(self) -> frozenset[str]:
         """What a node's model must offer to serve this request (a subset of NEEDS)."""
+        vision = any(m.parts for m in self.messages) and any(m.images for m in self.messages)
+        if not (self.tools or self.response_format or self.logprobs or vision):
+            return NO_NEEDS  # plain text chat: the common case, kept cheap
         needs: set[str] = set()
         if self.tools:
             needs.add("tools")
@@ -142,9 +144,9 @@ class ChatRequest:
             needs.add(self.response_format.type)
         if self.logprobs:
             needs.add("logprobs")
-        if any(m.parts for m in self.messages) and any(m.images for m in self.messages):
+        if vision:
             needs.add("vision")
-        return frozenset(needs) if needs else NO_NEEDS
+        return frozenset(needs)
 
     def prompt_texts(self) -> list[str]:
         """Everything the model reads as text: contents, tool calls and tool definitions.
