@@ -15,7 +15,13 @@ from sqlmodel import col, select
 from test_migrations import empty_database_url
 
 from infer.db import Database, alembic_config
-from infer.marketplace.figures import PERIODS, UPTIME_PERIODS, refresh_figures
+from infer.marketplace.figures import (
+    PERIODS,
+    SLOW_UPTIME_EVERY,
+    UPTIME_PERIODS,
+    UptimeCache,
+    refresh_figures,
+)
 from infer.models import (
     HealthCheck,
     MarketFigures,
@@ -194,6 +200,38 @@ async def test_uptime_from_rollups_equals_uptime_from_the_same_raw_checks(db: Da
         expected[period] = sum(recent) / len(recent)
     assert measured == pytest.approx(expected)
     assert measured["1h"] != measured["7d"]  # the periods really differ
+
+
+async def _uptimes(db: Database) -> dict[str, float | None]:
+    async with db.session() as session:
+        rows = (await session.exec(select(MarketFigures).where(MarketFigures.model == ""))).all()
+    return {row.period: row.uptime for row in rows if row.period in UPTIME_PERIODS}
+
+
+async def test_a_sweep_reuses_the_week_of_uptime_for_ten_minutes_but_not_the_hour(
+    db: Database,
+) -> None:
+    [node] = await _nodes(db, 1)
+    now = HOUR + timedelta(minutes=30)
+    every_20_minutes = [now - timedelta(minutes=20 * k + 1) for k in range(15)]  # 5 hours
+    await _record(db, [_check(node, at, latency=1.0) for at in every_20_minutes])
+    cache = UptimeCache()
+    await refresh_figures(db, now=now, cache=cache)
+    assert await _uptimes(db) == {"1h": 1.0, "24h": 1.0, "7d": 1.0}
+
+    # Failures this hour and three hours ago: the hour shows them at the next sweep, the
+    # day and the week when the cache is ten minutes old.
+    later = now + timedelta(minutes=1)
+    failed = [_check(node, later - timedelta(seconds=5)), _check(node, later - timedelta(hours=3))]
+    await _record(db, failed)
+    await refresh_figures(db, now=later, cache=cache)
+    assert await _uptimes(db) == {"1h": pytest.approx(5 / 6), "24h": 1.0, "7d": 1.0}
+    await refresh_figures(db, now=now + SLOW_UPTIME_EVERY, cache=cache)
+    assert await _uptimes(db) == {
+        "1h": pytest.approx(5 / 6),
+        "24h": pytest.approx(15 / 17),
+        "7d": pytest.approx(15 / 17),
+    }
 
 
 async def test_health_checks_last_reads_the_node_time_index(db: Database, backend: str) -> None:

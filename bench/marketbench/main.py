@@ -203,7 +203,13 @@ async def run(options: Options, env: dict[str, str], database_url: str, workdir:
         try:
             operators = await operator_ids(db, options.operators)
             for size in options.sizes:
-                await grow(db, operators=operators, endpoints=[sim_url, *others], to=size)
+                await grow(
+                    db,
+                    operators=operators,
+                    endpoints=[sim_url, *others],
+                    to=size,
+                    history=options.history,
+                )
                 step = await market.step(size, platform_url, platform.pid)
                 steps.append(step)
                 print(progress(step), file=sys.stderr)

@@ -16,6 +16,7 @@ class Options:
     requests: dict[int, int]  # measured requests per concurrency (fixed counts)
     warmup: int  # requests before each measured row
     repeats: int  # turns the concurrencies take at each size; each keeps its median row
+    history: bool  # new nodes come with a week of health history (raw checks, rollups)
     row_seconds: float  # a measured row ends after this long even if its requests are not done
     simulators: int  # endpoints the nodes share
     operators: int
@@ -64,6 +65,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="gateway rows per concurrency at each size, taking turns; the median is kept "
         "(default 3; --quick: 1)",
     )
+    parser.add_argument(
+        "--no-history",
+        action="store_true",
+        help="add nodes without the week of health history each otherwise brings "
+        "(--quick never adds it)",
+    )
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -79,6 +86,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         requests={1: 100, 16: 320} if quick else {1: 300, 16: 1600},
         warmup=10 if quick else 20,
         repeats=repeats,
+        history=not (quick or args.no_history),
         row_seconds=5.0 if quick else 20.0,
         simulators=args.simulators,
         operators=args.operators,
