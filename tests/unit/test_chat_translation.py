@@ -9,8 +9,9 @@ import jsonschema
 import pytest
 
 from infer.gateway.body import parse_body
+from infer.gateway.routes import _deltas, _ToolCallEvents
 from infer.nodes.clients import ollama, openai
-from infer.nodes.clients.base import ChatRequest, ToolCallDelta
+from infer.nodes.clients.base import ChatChunk, ChatRequest, ToolCallDelta
 from infer.simulator.features import minimal
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(8)).decode()
@@ -145,3 +146,30 @@ def _one(schema: dict[str, object], **more: object) -> dict[str, object]:
 )
 def test_the_simulators_minimal_instance_satisfies_the_schema(schema: dict[str, object]) -> None:
     jsonschema.validate(minimal(schema, schema), schema)
+
+
+def test_logprobs_of_a_streamed_piece_are_kept_as_sent() -> None:
+    token = {"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}
+    event = {
+        "choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": {"content": [token]}}]
+    }
+    chunk = openai.parse_chunk(json.dumps(event).encode())
+    assert (chunk.content, chunk.logprobs) == ("Hi", (token,))
+
+
+def test_the_gateway_opens_each_call_then_sends_only_argument_fragments() -> None:
+    calls = _ToolCallEvents()
+    piece = ChatChunk(
+        tool_calls=(ToolCallDelta(0, "call_a", "add", '{"a":'), ToolCallDelta(1, "call_b", "sub"))
+    )
+    later = ChatChunk(tool_calls=(ToolCallDelta(0, None, None, "1}"),))
+    assert _deltas(piece, calls, first=True) + _deltas(later, calls, first=False) == [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function",
+             "function": {"name": "add", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]},
+        {"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                         "function": {"name": "sub", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]},
+    ]  # fmt: skip
+    assert calls.made
