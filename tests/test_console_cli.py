@@ -51,8 +51,9 @@ def wait_for(path: Path, process: subprocess.Popen[str]) -> dict[str, str]:
     return dict(json.loads(path.read_text()))
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "service-stop"])
 def test_the_agent_serves_its_console_and_removes_its_link_when_stopped(
-    runtime: str, tmp_path: Path
+    runtime: str, tmp_path: Path, stop: signal.Signals
 ) -> None:
     config = tmp_path / "infer" / "node.json"
     process = start_agent(runtime, config, "--tray")
@@ -63,7 +64,7 @@ def test_the_agent_serves_its_console_and_removes_its_link_when_stopped(
         status = httpx.get(link["url"] + "api/status", headers=headers, timeout=10).json()
         assert status["state"] == "unknown"
         assert httpx.get(link["url"], timeout=10).status_code == 403
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)  # SIGTERM: how systemd and launchd stop a service
         assert process.wait(timeout=15) == 0
     finally:
         process.kill()

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,9 @@ def cmd_node_agent(args: argparse.Namespace, settings: Settings) -> None:
             options=options,
         )
         line = StatusLine(sys.stdout)
+        # A service manager stops the agent with SIGTERM: a clean exit, as Ctrl+C is
+        # (the console's link file removed, exit status 0).
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             with _agent_console(args, agent, platform) as access:
                 work = functools.partial(
@@ -106,6 +110,10 @@ def _open_browser(url: str) -> None:
         return
     with contextlib.suppress(webbrowser.Error):
         webbrowser.open(url)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run_agent(args: argparse.Namespace, agent: Any, access: Any, work: Callable[[], None]) -> None:
