@@ -178,7 +178,9 @@ def is_plaintext(url: str) -> bool:
 
 
 def _one_line(text: object) -> str:
-    line = " ".join(str(text).split())
+    """One printable line: a platform's words reach a terminal, where an escape sequence
+    would act (move the cursor, rewrite the title) rather than show."""
+    line = " ".join("".join(c for c in word if c.isprintable()) for word in str(text).split())
     return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 1] + "…"
 
 

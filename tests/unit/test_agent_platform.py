@@ -106,3 +106,12 @@ def test_a_garbled_node_is_a_platform_error() -> None:
         pytest.raises(PlatformError, match="no node"),
     ):
         platform.node("7")
+
+
+def test_a_platforms_words_reach_the_terminal_without_escape_sequences() -> None:
+    reason = "runtime gone\x1b]0;pwned\x07\x1b[2J again"
+    answer = {"data": {"node": {**NODE, "status": "OFFLINE", "statusReason": reason}}}
+    with client(lambda body: (200, answer), []) as platform:
+        state = platform.node("7")
+    assert state.status_reason == "runtime gone]0;pwned[2J again"
+    assert all(c.isprintable() for c in state.status_reason)
