@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     # GET /metrics: with a token, only `Authorization: Bearer <token>`; without one, open in
     # development and off (404) in production.
     metrics_token: SecretStr | None = None
+    # At capacity (every node of the model busy), how long a request waits for a free slot
+    # (0: no wait, 503 at once), and how many may wait per model (past it: 503 at once).
+    capacity_wait_seconds: float = Field(default=10.0, ge=0, le=300)
+    capacity_queue_limit: int = Field(default=100, ge=1, le=100_000)
 
     @field_validator(
         "redis_url", "google_client_id", "google_client_secret", "metrics_token", mode="before"

@@ -14,6 +14,7 @@ InferError
 ├── InsufficientFunds    the balance cannot cover it
 │   └── BudgetExceeded   the key's budget for this period cannot cover it
 ├── NoNodeAvailable      nothing can serve the request now
+│   └── NodesBusy        every node that could is at capacity (retry shortly)
 ├── Unavailable          the database cannot be reached just now
 └── UpstreamError        a node failed or answered badly
     └── UpstreamTimeout  a node took too long
@@ -114,6 +115,12 @@ class NoNodeAvailable(InferError):
 
     code = "NO_NODE_AVAILABLE"
     status = 503
+
+
+class NodesBusy(NoNodeAvailable):
+    """Every node serving the model is at capacity, even after waiting for a free slot."""
+
+    retry_after = 1
 
 
 class Unavailable(InferError):

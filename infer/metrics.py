@@ -92,12 +92,22 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
-        self.capacity_waits = Counter(
+        self.waiting = Gauge(
+            "infer_requests_waiting",
+            "Requests waiting at capacity for a free node.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        waits = Counter(
             "infer_capacity_waits",
-            "Requests that waited for a free slot, by outcome.",
+            "Requests that waited at capacity, by how the wait ended.",
             ["outcome"],
             registry=r,
         )
+        self.waits_served = waits.labels("served")
+        self.waits_timed_out = waits.labels("timed_out")
+        self.waits_left = waits.labels("left")
+        self.waits_refused = waits.labels("queue_full")
         self._series: dict[str, ModelSeries] = {}
         self._outcomes: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 

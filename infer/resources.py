@@ -27,6 +27,7 @@ from infer.nodes.monitor_thread import MonitorConfig, MonitorThread
 from infer.nodes.transport import NodeHTTP
 from infer.ratelimit import RateLimiter
 from infer.routing import NodeCatalog, RedisRouterState, Router, router_state_from_settings
+from infer.routing.waiting import CapacityQueues, WakingState
 from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy
 from infer.security.tokens import SessionSigner
@@ -74,13 +75,20 @@ class Resources:
             health=settings.health_timeout,
         )
         policy = AddressPolicy(allow_private=settings.allow_private_endpoints)
-        router = Router(NodeCatalog(db), router_state_from_settings(settings))
+        metrics = Metrics()
+        capacity = CapacityQueues(
+            wait_seconds=settings.capacity_wait_seconds,
+            limit=settings.capacity_queue_limit,
+            metrics=metrics,
+        )
+        # Every released slot wakes the requests waiting at capacity.
+        state = WakingState(router_state_from_settings(settings), capacity.released)
+        router = Router(NodeCatalog(db), state)
         limiter = RateLimiter.from_settings(settings)
         authenticator = KeyAuthenticator(db, lookup_key=lookup_key)
         http = create_http_client(
             allow_private=settings.allow_private_endpoints, deadlines=deadlines
         )
-        metrics = Metrics()
         return cls(
             settings=settings,
             db=db,
@@ -124,6 +132,7 @@ class Resources:
                 limiter=limiter,
                 spool_dir=settings.spool_dir,
                 metrics=metrics,
+                capacity=capacity,
             ),
             metrics=metrics,
         )
@@ -133,6 +142,8 @@ class Resources:
         if not self.settings.redis_url:
             return None
         state = self.router.state
+        if isinstance(state, WakingState):
+            state = state.inner
         views = [
             self.limiter.redis,
             self.key_changes.redis,

@@ -34,6 +34,7 @@ from infer.ratelimit import RateLimiter
 from infer.routing.catalog import Candidate
 from infer.routing.preferences import Preferences
 from infer.routing.router import Router
+from infer.routing.waiting import CapacityQueues
 from infer.security.crypto import Keyring
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,11 @@ class Completions:
         limiter: RateLimiter,
         spool_dir: Path,
         metrics: Metrics,
+        capacity: CapacityQueues,
     ) -> None:
         self.db = db
         self.metrics = metrics
+        self.capacity = capacity
         self.router = router
         self.http = http
         self.keyring = keyring
@@ -227,11 +230,16 @@ class Completions:
         image_bound, image_typical = request.image_tokens()
         prompt_bound = estimate_prompt_tokens(contents) + image_bound
         prompt_typical = typical_prompt_tokens(contents) + image_typical
-        attempts = await self.router.plan(
+        # At capacity, wait for a free slot in the model's queue (routing/waiting.py).
+        attempts = await self.capacity.plan(
             request.model,
-            preferences,
-            expected_prompt_tokens=prompt_typical,
-            expected_output_tokens=max_tokens,
+            functools.partial(
+                self.router.plan,
+                request.model,
+                preferences,
+                expected_prompt_tokens=prompt_typical,
+                expected_output_tokens=max_tokens,
+            ),
         )
         worst_case = max(
             cost(

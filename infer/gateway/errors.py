@@ -17,6 +17,7 @@ from infer.errors import (
     InsufficientScope,
     KeyExpired,
     ModelNotAllowed,
+    NodesBusy,
     NoNodeAvailable,
     NotFound,
     PayloadTooLarge,
@@ -61,7 +62,7 @@ def error_body(error: InferError) -> dict[str, object]:
 
 def error_response(error: InferError, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
-    if isinstance(error, RateLimited | Unavailable):
+    if isinstance(error, RateLimited | Unavailable | NodesBusy):
         headers["retry-after"] = str(error.retry_after)
     if isinstance(error, Unauthenticated):
         headers["www-authenticate"] = "Bearer"

@@ -41,16 +41,23 @@ async def chat_completions(request: Request) -> Response:
             max_tokens_limit=settings.max_tokens_limit,
             max_text_bytes=settings.max_body_bytes,
         )
-        completion = await resources.completions.start(
-            buyer=principal,
-            request=body.to_chat_request(
-                max_tokens=body.requested_max_tokens() or settings.default_max_tokens
+        # A buyer who hangs up meanwhile (waiting for a free node, say) is let go at once.
+        started = await _unless_disconnected(
+            request,
+            resources.completions.start(
+                buyer=principal,
+                request=body.to_chat_request(
+                    max_tokens=body.requested_max_tokens() or settings.default_max_tokens
+                ),
+                preferences=parse_preferences(body.provider),
+                request_id=request_id,
             ),
-            preferences=parse_preferences(body.provider),
-            request_id=request_id,
         )
     except InferError as error:
         return error_response(error, headers)
+    if started is None:
+        return Response(status_code=499)  # nobody is listening any more
+    completion = started
     headers.update(completion.rate_limits)
     if body.stream:
         return BuyerStream(

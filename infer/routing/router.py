@@ -6,7 +6,7 @@ import random
 import time
 import uuid
 
-from infer.errors import NoNodeAvailable, NotFound
+from infer.errors import NodesBusy, NoNodeAvailable, NotFound
 from infer.routing import scoring
 from infer.routing.catalog import Candidate, NodeCatalog
 from infer.routing.index import ModelIndex
@@ -113,4 +113,4 @@ def _none_available(model: str, index: ModelIndex, preferences: Preferences) -> 
     if preferences.order and not preferences.allow_fallbacks:
         message = f"none of the nodes in provider.order can serve {model!r} now"
         return NoNodeAvailable(message, param="provider")
-    return NoNodeAvailable(f"every node serving {model!r} is busy; try again shortly")
+    return NodesBusy(f"every node serving {model!r} is busy; try again shortly")
