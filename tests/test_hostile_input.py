@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -15,7 +15,7 @@ from sqlmodel import col, select
 
 from infer.db import Database
 from infer.models import ApiKey, Node, NodeModel, Review, UsageRecord, User, utcnow
-from infer.nodes.monitor import MODEL_RETENTION
+from infer.nodes.monitor import MODEL_RETENTION, SEEN_AT_STEP
 from infer.nodes.registry import MAX_MODELS_PER_NODE
 from infer.resources import Resources
 from infer.simulator import serve_in_thread
@@ -317,6 +317,25 @@ async def test_a_model_gone_from_its_runtime_is_kept_then_pruned(
         node = await session.get(Node, node_id)
     assert node is not None
     assert node.models_note is None
+
+
+async def test_a_routine_check_writes_a_models_seen_time_at_most_hourly(
+    graphql: GraphQLClient, user_key: str, resources: Resources, db: Database
+) -> None:
+    async def seen() -> datetime:
+        async with db.session() as session:
+            return (await session.exec(select(NodeModel.seen_at))).one()
+
+    with serve_in_thread(FakeRuntime(models=("stays",))) as url:
+        body = await graphql(REGISTER, {"input": _node("box", url)}, key=user_key)
+        node_id = uuid.UUID(body["data"]["registerNode"]["id"])  # type: ignore[index]
+        first = await seen()
+        await resources.monitor.check_now(node_id, force=True)
+        assert await seen() == first  # offered a moment ago: no row written
+        async with db.transaction() as session:
+            await session.exec(update(NodeModel).values(seen_at=first - SEEN_AT_STEP))
+        await resources.monitor.check_now(node_id, force=True)
+    assert await seen() > first  # an hour old: moved on
 
 
 async def test_an_operator_cannot_price_more_models_than_a_node_lists(

@@ -31,6 +31,9 @@ from infer.security.text import MAX_MODEL_NAME, MODEL_NAME_CHARACTERS, is_model_
 log = logging.getLogger(__name__)
 
 MODEL_RETENTION = timedelta(days=7)  # a model gone from its runtime this long is deleted
+# A model still offered has its seen_at moved on at most this often: the retention above
+# is then exact to within it, and a routine check writes no node_models row at all.
+SEEN_AT_STEP = timedelta(hours=1)
 LATENCY_WEIGHT = 0.3  # EWMA weight of the newest probe latency
 DETAILS_MAX_AGE = timedelta(days=1)  # a model's details are read again after this
 DETAILS_PER_CHECK = 3  # at most this many models described per check (one call each)
@@ -501,7 +504,8 @@ async def _sync_models(
         row.available = info is not None
         row.loaded = bool(info and info.loaded)
         if info is not None:
-            row.seen_at = now
+            if row.seen_at < now - SEEN_AT_STEP:
+                row.seen_at = now
             available.append(row)
         session.add(row)
     for name, info in offered.items():
