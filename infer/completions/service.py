@@ -10,6 +10,7 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -189,12 +190,21 @@ class Completions:
         request: ChatRequest,
         preferences: Preferences,
         request_id: str,
+        gone: Callable[[], Awaitable[None]] | None = None,
     ) -> Completion:
-        """Start a completion (below); a refusal is counted in the metrics as it leaves."""
+        """Start a completion (below); a refusal is counted in the metrics as it leaves.
+
+        `gone` returns when the buyer disconnects: watched only while waiting at capacity
+        (BuyerGone then).
+        """
         began = time.perf_counter()
         try:
             return await self._start(
-                buyer=buyer, request=request, preferences=preferences, request_id=request_id
+                buyer=buyer,
+                request=request,
+                preferences=preferences,
+                request_id=request_id,
+                gone=gone,
             )
         except InferError as error:
             # Only a model some node serves may name a series (NotFound: none does).
@@ -210,6 +220,7 @@ class Completions:
         request: ChatRequest,
         preferences: Preferences,
         request_id: str,
+        gone: Callable[[], Awaitable[None]] | None,
     ) -> Completion:
         """Check the key's limits, hold the worst case, and get the first chunk from the
         best node that answers.
@@ -240,6 +251,7 @@ class Completions:
                 expected_prompt_tokens=prompt_typical,
                 expected_output_tokens=max_tokens,
             ),
+            gone=gone,
         )
         worst_case = max(
             cost(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from infer.nodes.clients.base import ChatChunk
 from infer.nodes.clients.payloads import mint_call_id
 from infer.resources import Resources
 from infer.routing.preferences import parse_preferences
+from infer.routing.waiting import BuyerGone
 
 T = TypeVar("T")
 
@@ -41,23 +43,19 @@ async def chat_completions(request: Request) -> Response:
             max_tokens_limit=settings.max_tokens_limit,
             max_text_bytes=settings.max_body_bytes,
         )
-        # A buyer who hangs up meanwhile (waiting for a free node, say) is let go at once.
-        started = await _unless_disconnected(
-            request,
-            resources.completions.start(
-                buyer=principal,
-                request=body.to_chat_request(
-                    max_tokens=body.requested_max_tokens() or settings.default_max_tokens
-                ),
-                preferences=parse_preferences(body.provider),
-                request_id=request_id,
+        completion = await resources.completions.start(
+            buyer=principal,
+            request=body.to_chat_request(
+                max_tokens=body.requested_max_tokens() or settings.default_max_tokens
             ),
+            preferences=parse_preferences(body.provider),
+            request_id=request_id,
+            gone=functools.partial(_disconnect, request),
         )
     except InferError as error:
         return error_response(error, headers)
-    if started is None:
-        return Response(status_code=499)  # nobody is listening any more
-    completion = started
+    except BuyerGone:
+        return Response(status_code=499)  # left while waiting for a free node
     headers.update(completion.rate_limits)
     if body.stream:
         return BuyerStream(
@@ -230,6 +228,12 @@ async def _whole(
         "usage": _usage(completion),
     }
     return Response(orjson.dumps(payload), headers=headers, media_type="application/json")
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the buyer disconnects (the body has been read: nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:

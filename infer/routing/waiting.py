@@ -14,7 +14,6 @@ the hold is placed after the plan, the node's slot when it is called.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -25,6 +24,10 @@ from infer.routing.catalog import Candidate
 from infer.routing.state import NodeStats, RouterState
 
 RECHECK_SECONDS = 1.0
+
+
+class BuyerGone(Exception):
+    """The buyer disconnected while waiting for a free node; nobody is left to answer."""
 
 
 class CapacityQueues:
@@ -40,9 +43,15 @@ class CapacityQueues:
         return len(self._queues.get(model, ()))
 
     async def plan(
-        self, model: str, plan: Callable[[], Awaitable[list[Candidate]]]
+        self,
+        model: str,
+        plan: Callable[[], Awaitable[list[Candidate]]],
+        *,
+        gone: Callable[[], Awaitable[None]] | None = None,
     ) -> list[Candidate]:
-        """`plan()`'s candidates, once a node can take the request; NodesBusy after the wait."""
+        """`plan()`'s candidates, once a node can take the request; NodesBusy after the wait;
+        BuyerGone as soon as `gone()` returns while waiting (the buyer disconnected).
+        """
         queue = self._queues.get(model)
         busy: NodesBusy | None = None
         if not queue:
@@ -65,6 +74,9 @@ class CapacityQueues:
         outcome = self._metrics.waits_left  # unless served or out of time: the buyer left
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_seconds
+        # Only a waiting request watches for its buyer's disconnect (a task per request
+        # costs the hot path more than the rest of this module).
+        left = None if gone is None else asyncio.ensure_future(gone())
         try:
             while True:
                 head = queue[0] is me
@@ -82,12 +94,20 @@ class CapacityQueues:
                     raise busy or NodesBusy(
                         f"every node serving {model!r} is busy; try again shortly"
                     )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, RECHECK_SECONDS)):
-                        await me.wait()
+                woken = asyncio.ensure_future(me.wait())
+                await asyncio.wait(
+                    [woken] if left is None else [woken, left],
+                    timeout=min(remaining, RECHECK_SECONDS),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                woken.cancel()
+                if left is not None and left.done():
+                    raise BuyerGone
                 me.clear()
                 busy = None  # woken or rechecking: plan again when at the head
         finally:
+            if left is not None:
+                left.cancel()
             outcome.inc()
             self._metrics.waiting.dec()
             was_head = queue[0] is me
