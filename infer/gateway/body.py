@@ -261,9 +261,15 @@ def _message(message: Message) -> ChatMessage:
 
 
 def _finite(value: object) -> bool:
-    """Whether JSON can carry the value: no NaN or Infinity anywhere inside it."""
+    """Whether JSON can carry the value to every runtime: no NaN or Infinity anywhere inside
+    it, and no integer beyond 64 bits (orjson, which measures tools and schemas, refuses those).
+    """
     if isinstance(value, float):
         return math.isfinite(value)
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    if isinstance(value, BaseModel):  # tools and response_format: their fields, schemas in them
+        return all(_finite(v) for v in value.__dict__.values())
     if isinstance(value, dict):
         return all(_finite(v) for v in value.values())
     if isinstance(value, list):
@@ -314,7 +320,9 @@ def parse_body(
     for param in (*PASSTHROUGH, "tools", "response_format"):
         if not _finite(getattr(body, param)):
             raise BadInput(
-                f"invalid value for {param}: NaN and Infinity are not numbers", param=param
+                f"invalid value for {param}: NaN, Infinity and integers beyond 64 bits"
+                " cannot be sent on",
+                param=param,
             )
     for param in ("max_tokens", "max_completion_tokens"):
         value = getattr(body, param)
