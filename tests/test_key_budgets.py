@@ -7,8 +7,10 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import openai
 import pytest
+from dashboard import Dashboard
 from runtimes import FakeRuntime
 from sqlmodel import select
 from test_gateway import MESSAGES, MODEL, Market
@@ -32,6 +34,7 @@ SET_BUDGET = (
     " $models: [String!]) { setApiKeyBudget(id: $id, spendLimit: $limit, reset: $reset,"
     " expiresAt: $expires, models: $models) { id budget { spendLimit reset } } }"
 )
+KEY_ID = re.compile(r'id="key-([0-9a-f-]{36})"')
 MESSAGE = re.compile(
     r"This API key's daily budget of \$0\.01 (is spent \(\$0\.\d{4} of \$0\.0100\)"
     r"|cannot cover this request \(\$0\.\d{4} of \$0\.0100 spent or held; it may cost up to"
@@ -205,3 +208,32 @@ async def test_a_key_without_a_budget_is_not_counted(market: BudgetMarket) -> No
         assert (await _call(market.async_client()))[0] == 200
     assert (await market.key())["budget"] is None
     await market.assert_books_balance()
+
+
+async def test_the_keys_page_sets_a_budget_and_shows_what_remains(
+    client: httpx.AsyncClient,
+) -> None:
+    dashboard = Dashboard(client)
+    await dashboard.sign_up("ada@example.com")
+    await dashboard.get("/keys")
+    created = await dashboard.post("/keys", {"name": "laptop"})
+    key_id = KEY_ID.search(created.html)
+    assert key_id
+    assert "Budget No spend limit" in created
+    form = {"spendLimit": "0.50", "reset": "DAILY", "models": f"{MODEL}, qwen2.5:7b"}
+    saved = await dashboard.post(f"/keys/{key_id.group(1)}/budget", form)
+    assert saved.status == 303
+    page = await dashboard.get("/keys")
+    assert "$0.50 left of $0.50 (daily; resets" in page
+    assert f"Models {MODEL}, qwen2.5:7b" in page
+    refused = await dashboard.post(
+        f"/keys/{key_id.group(1)}/budget", {"spendLimit": "lots", "reset": "DAILY"}, htmx=True
+    )
+    assert refused.status == 422
+    assert "is not an amount in USD" in refused
+    cleared = await dashboard.post(
+        f"/keys/{key_id.group(1)}/budget", {"spendLimit": "", "reset": "NEVER"}, htmx=True
+    )
+    assert cleared.status == 200
+    assert "Budget No spend limit" in cleared
+    assert "Models Any" in cleared

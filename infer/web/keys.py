@@ -1,4 +1,5 @@
-"""The API keys page: my keys, their limits and usage; create, rotate, revoke, set limits."""
+"""The API keys page: my keys, their limits, budgets and usage; create, rotate, revoke, set
+limits and budgets."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 from starlette.responses import Response
 from starlette.routing import Route
 
+from infer.billing.money import format_usd, parse_usd
+from infer.errors import BadInput
 from infer.web.edge import STATUS_OF, Web, view
 from infer.web.operations import OperationFailed
 from infer.web.templates import parse_time
@@ -26,13 +29,14 @@ SCOPES = [
     ("NODES", "Manage nodes", "register, update and pause your nodes"),
     ("ACCOUNT", "Manage the account", "keys, balance, usage, reviews, settings"),
 ]
+RESETS = [("NEVER", "Never"), ("DAILY", "Daily"), ("WEEKLY", "Weekly"), ("MONTHLY", "Monthly")]
 
 
 @dataclass
 class Failure:
     """A form that came back with errors: which one, what was sent, what is wrong."""
 
-    form: str  # "create", or "rotate" / "limits" of key_id
+    form: str  # "create", or "rotate" / "limits" / "budget" of key_id
     values: dict[str, str]
     key_id: str | None = None
     errors: dict[str, str] = field(default_factory=dict)
@@ -93,6 +97,7 @@ async def _render(
         days=DAYS,
         origin=web.resources.settings.public_origin,
         scopes=SCOPES,
+        resets=RESETS,
     )
 
 
@@ -156,10 +161,35 @@ async def set_limits(web: Web) -> Response:
     return await _render(web, notice=f"The limits of “{key['name']}” are saved.")
 
 
+async def set_budget(web: Web) -> Response:
+    key_id, form = web.request.path_params["id"], await web.form()
+    failure = Failure("budget", form, key_id=key_id)
+    limit = form.get("spendLimit", "").strip()
+    reset = form.get("reset", "NEVER")
+    models = [name.strip() for name in form.get("models", "").split(",") if name.strip()]
+    try:
+        spend_limit = format_usd(parse_usd(limit, param="spendLimit")) if limit else None
+    except BadInput as error:
+        failure.errors["spendLimit"] = error.message
+    if reset not in {value for value, _ in RESETS}:
+        failure.errors["reset"] = "Choose when the budget starts again."
+    if failure.errors:
+        return await _render(web, status=422, failure=failure)
+    variables = {"spendLimit": spend_limit, "reset": reset, "models": models or None}
+    try:
+        key = (await web.run("KeysSetBudget", id=key_id, **variables))["setApiKeyBudget"]
+    except OperationFailed as failed:
+        return await _render(web, status=_inline_status(failed), failure=failure.add(failed))
+    if not web.is_htmx:
+        return web.redirect("/keys")
+    return await _render(web, notice=f"The budget of “{key['name']}” is saved.")
+
+
 routes = [
     Route("/keys", view(keys_page), methods=["GET"]),
     Route("/keys", view(create_key), methods=["POST"]),
     Route("/keys/{id}/rotate", view(rotate_key), methods=["POST"]),
     Route("/keys/{id}/revoke", view(revoke_key), methods=["POST"]),
     Route("/keys/{id}/limits", view(set_limits), methods=["POST"]),
+    Route("/keys/{id}/budget", view(set_budget), methods=["POST"]),
 ]
