@@ -18,9 +18,11 @@ from starlette.routing import Route
 from starlette.types import ExceptionHandler
 
 from infer.config import Settings, load_settings
+from infer.gateway.embeddings import routes as embedding_routes
 from infer.gateway.errors import OUTAGE_ERRORS, http_error, outage_error, server_error
 from infer.gateway.features import IMAGES_BODY_BYTES
 from infer.gateway.routes import routes as gateway_routes
+from infer.gateway.text_completions import routes as text_completion_routes
 from infer.logs import RequestIds, configure_logging
 from infer.metrics import metrics_endpoint
 from infer.middleware import BodySizeLimit, SecurityHeaders
@@ -127,6 +129,8 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
         Route("/metrics", metrics_endpoint),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         *gateway_routes,
+        *embedding_routes,
+        *text_completion_routes,
         *web_routes,
     ]
     middleware = [

@@ -278,6 +278,10 @@ class NodeModel(SQLModel, table=True):
     family: str | None = Field(default=None, max_length=64)
     capabilities: str | None = Field(default=None, max_length=200)  # comma-separated
     details_at: datetime | None = _time(nullable=True)
+    # What its operator declared (routing/capabilities.py): wins over the above, and the
+    # monitor never writes it. Null: nothing declared.
+    declared_capabilities: str | None = Field(default=None, max_length=200)
+    declared_context_length: int | None = None
 
 
 class HealthCheck(SQLModel, table=True):

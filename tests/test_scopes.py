@@ -28,6 +28,7 @@ NODES_ALLOWED = {
         "registerNode",
         "updateNode",
         "setModelPrices",
+        "setModelCapabilities",
         "deregisterNode",
         "setNodePaused",
         "redeemEnrollmentCode",

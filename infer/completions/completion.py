@@ -23,6 +23,7 @@ from infer.models import UsageStatus
 from infer.nodes.clients import client_for
 from infer.nodes.clients.base import ChatChunk, ChatRequest, ToolCall, Usage
 from infer.nodes.clients.payloads import mint_call_id
+from infer.nodes.clients.text import TextRequest, text_client_for
 from infer.routing.catalog import Candidate
 from infer.routing.scoring import throughput_sample
 
@@ -87,7 +88,9 @@ class Completion:
         last_error: UpstreamError | None = None
         state = self.owner.router.state
         for candidate in attempts:
-            client = client_for(
+            # A legacy text completion goes to the runtime's text endpoint.
+            text = isinstance(self.request, TextRequest)
+            client = (text_client_for if text else client_for)(
                 candidate.runtime,
                 self.owner.http,
                 base_url=candidate.endpoint,

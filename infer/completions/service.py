@@ -32,6 +32,7 @@ from infer.nodes.clients.base import ChatRequest, Deadlines
 from infer.nodes.transport import NodeHTTP
 from infer.outages import database_unavailable
 from infer.ratelimit import RateLimiter
+from infer.routing.capabilities import chat_needs
 from infer.routing.catalog import Candidate
 from infer.routing.preferences import Preferences
 from infer.routing.router import Router
@@ -248,6 +249,7 @@ class Completions:
                 self.router.plan,
                 request.model,
                 preferences,
+                needs=chat_needs(request.needs),
                 expected_prompt_tokens=prompt_typical,
                 expected_output_tokens=max_tokens,
             ),

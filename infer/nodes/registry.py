@@ -19,6 +19,8 @@ from infer.audit import ClientInfo
 from infer.db import Database, group_by
 from infer.errors import BadInput, NotFound
 from infer.models import HealthCheck, Node, NodeModel, NodeStatus, Runtime, utcnow
+from infer.nodes.clients.details import MAX_CONTEXT_LENGTH
+from infer.routing.capabilities import check_declared
 from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy, check_endpoint
 from infer.security.text import check_model_name, check_name, refused_characters
@@ -272,6 +274,48 @@ async def set_model_prices(
             actor_id=principal.user_id,
             target=f"node:{node.id}",
             details={"models": [p.model for p in prices]},
+        )
+    return node
+
+
+async def set_model_capabilities(
+    db: Database,
+    *,
+    principal: Principal,
+    node_id: uuid.UUID,
+    model: str,
+    capabilities: Sequence[str] | None,
+    context_length: int | None,
+    client: ClientInfo,
+) -> Node:
+    """Declare what one of the node's models can do; routing takes it over what the
+    runtime says. None clears that part of the declaration (the runtime's word again)."""
+    check_model_name(model, param="model")
+    try:
+        declared = None if capabilities is None else check_declared(capabilities)
+    except ValueError as exc:
+        raise BadInput(str(exc), param="capabilities") from exc
+    if context_length is not None and not 1 <= context_length <= MAX_CONTEXT_LENGTH:
+        message = f"a context length is 1 to {MAX_CONTEXT_LENGTH} tokens"
+        raise BadInput(message, param="contextLength")
+    async with db.transaction() as session:
+        node = await owned_node(session, principal, node_id)
+        found = await session.exec(
+            select(NodeModel).where(NodeModel.node_id == node.id, NodeModel.model == model)
+        )
+        row = found.first()
+        if row is None:
+            raise NotFound(f"this node has no model {model!r}; price it first", param="model")
+        row.declared_capabilities = declared
+        row.declared_context_length = context_length
+        session.add(row)
+        audit.record(
+            session,
+            action="node.capabilities_set",
+            client=client,
+            actor_id=principal.user_id,
+            target=f"node:{node.id}",
+            details={"model": model, "capabilities": declared, "context_length": context_length},
         )
     return node
 

@@ -15,6 +15,7 @@ from sqlmodel import col
 
 from infer.db import Database
 from infer.models import Node, NodeModel, NodeStatus, Runtime
+from infer.routing import capabilities
 from infer.routing.index import ModelIndex
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,11 @@ MAX_REFRESH_SECONDS = 5.0  # however costly a load, the catalog is at most this 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One node serving one model at its prices (micro-USD per 1M tokens)."""
+    """One node serving one model at its prices (micro-USD per 1M tokens).
+
+    `capabilities` and `context_length` are what routing assumes of the model there
+    (routing/capabilities.py): declared by its operator, else told by its runtime.
+    """
 
     node_id: uuid.UUID
     operator_id: uuid.UUID
@@ -40,6 +45,8 @@ class Candidate:
     capacity: int
     health_latency_ms: float | None
     degraded: bool = False
+    capabilities: frozenset[str] = capabilities.COMPLETION
+    context_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,10 @@ _COLUMNS = (
     col(NodeModel.model),
     col(NodeModel.input_price_per_million),
     col(NodeModel.output_price_per_million),
+    col(NodeModel.capabilities),
+    col(NodeModel.declared_capabilities),
+    col(NodeModel.context_length),
+    col(NodeModel.declared_context_length),
 )
 
 
@@ -173,8 +184,15 @@ class NodeCatalog:
 def _snapshot_of(rows: Sequence[Sequence[Any]]) -> _Snapshot:
     by_model: dict[str, list[Candidate]] = {}
     online: set[str] = set()
+    # Few distinct (runtime, detected, declared) triples: each set is made once and shared.
+    sets: dict[tuple[str, str | None, str | None], frozenset[str]] = {}
     for row in rows:
         status = NodeStatus(row[9])
+        able = sets.get((row[3], row[13], row[14]))
+        if able is None:
+            able = sets[(row[3], row[13], row[14])] = capabilities.effective(
+                Runtime(row[3]), detected=row[13], declared=row[14]
+            )
         candidate = Candidate(
             node_id=row[0],
             operator_id=row[1],
@@ -189,6 +207,8 @@ def _snapshot_of(rows: Sequence[Sequence[Any]]) -> _Snapshot:
             model=row[10],
             input_price_per_million=row[11],
             output_price_per_million=row[12],
+            capabilities=able,
+            context_length=row[16] if row[16] is not None else row[15],
         )
         by_model.setdefault(candidate.model, []).append(candidate)
         if not candidate.degraded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
@@ -104,9 +105,52 @@ class ModelIndex:
 
     def __init__(self, candidates: Sequence[Candidate]) -> None:
         self.candidates = tuple(candidates)
+        self._able: dict[tuple[frozenset[str], float], ModelIndex] = {}
 
     def __len__(self) -> int:
         return len(self.candidates)
+
+    def able(self, needs: frozenset[str], tokens: int) -> ModelIndex:
+        """The candidates offering every one of `needs` whose context length (when known)
+        holds `tokens`: this index itself when all do (the usual case: two comparisons),
+        else a sub-index made once per catalog load and kept, like the sorted views.
+
+        Which nodes fit a length depends only on the shortest known context length that
+        holds it, so the sub-indexes are at most one per distinct length and need set.
+        """
+        if needs <= self._shared and tokens <= self._shortest:
+            return self
+        lengths = self._lengths
+        floor = lengths[bisect_left(lengths, tokens)] if tokens > self._shortest else 0.0
+        found = self._able.get((needs, floor))
+        if found is None:
+            found = self._able[(needs, floor)] = ModelIndex(
+                [
+                    c
+                    for c in self.candidates
+                    if needs <= c.capabilities
+                    and (c.context_length is None or c.context_length >= floor)
+                ]
+            )
+        return found
+
+    @cached_property
+    def _shared(self) -> frozenset[str]:
+        """The capabilities every candidate offers."""
+        if not self.candidates:
+            return frozenset()
+        return frozenset.intersection(*(c.capabilities for c in self.candidates))
+
+    @cached_property
+    def _lengths(self) -> list[float]:
+        """The distinct known context lengths, ascending, then infinity (unknown)."""
+        known = {c.context_length for c in self.candidates if c.context_length is not None}
+        return [*sorted(known), math.inf]
+
+    @cached_property
+    def _shortest(self) -> float:
+        """The shortest context length (infinity when none is known): what always fits."""
+        return self._lengths[0]
 
     @cached_property
     def online(self) -> Group:

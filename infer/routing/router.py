@@ -6,8 +6,8 @@ import random
 import time
 import uuid
 
-from infer.errors import NodesBusy, NoNodeAvailable, NotFound
-from infer.routing import scoring
+from infer.errors import BadInput, NodesBusy, NoNodeAvailable, NotFound
+from infer.routing import capabilities, scoring
 from infer.routing.catalog import Candidate, NodeCatalog
 from infer.routing.index import ModelIndex
 from infer.routing.preferences import Preferences, Sort
@@ -45,15 +45,29 @@ class Router:
         model: str,
         preferences: Preferences | None = None,
         *,
+        needs: frozenset[str] = capabilities.COMPLETION,
         expected_prompt_tokens: int = scoring.DEFAULT_PROMPT_TOKENS,
         expected_output_tokens: int = scoring.DEFAULT_OUTPUT_TOKENS,
+        prompt_param: str = "messages",
     ) -> list[Candidate]:
-        """The candidates to try in order; NotFound if nobody serves `model`, else
-        NoNodeAvailable if none of them can take this request now."""
+        """The candidates to try in order; NotFound if nobody serves `model`; BadInput if
+        no node serving it has every one of `needs` with a context length (when known)
+        that holds the expected prompt and output (a prompt too long for all is named
+        by `prompt_param`); else NoNodeAvailable if none of them can take it now."""
         preferences = preferences or _NO_PREFERENCES
-        index = await self.catalog.index(model)
-        if index is None or not index.candidates:
+        served = await self.catalog.index(model)
+        if served is None or not served.candidates:
             raise NotFound(f"model {model!r} is not served by any node", param="model")
+        tokens = expected_prompt_tokens + expected_output_tokens
+        index = served.able(needs, tokens)
+        if not index.candidates:
+            raise _unable(
+                model,
+                served,
+                needs,
+                prompt=(prompt_param, expected_prompt_tokens),
+                output=expected_output_tokens,
+            )
         if len(index) <= SMALL:
             candidates = list(index.candidates)
             stats = await self.state.snapshot(candidate.node_id for candidate in candidates)
@@ -105,6 +119,28 @@ class Router:
         recent = [candidate.node_id for candidate in attempts]
         recent.extend(node_id for node_id in self._recent.get(key, ()) if node_id not in recent)
         self._recent[key] = tuple(recent[:MEMORY])
+
+
+def _unable(
+    model: str,
+    served: ModelIndex,
+    needs: frozenset[str],
+    *,
+    prompt: tuple[str, int],
+    output: int,
+) -> BadInput:
+    """Why no node serving `model` can take this request at all (not merely now)."""
+    short = capabilities.shortfall(needs, {c.capabilities for c in served.candidates})
+    if short is not None:
+        message = f"no node serving {model!r} supports {short.feature}"
+        return BadInput(message, param=short.param)
+    param, tokens = prompt
+    longest = max(c.context_length or 0 for c in served.candidates if needs <= c.capabilities)
+    message = (
+        f"the longest context of a node serving {model!r} is {longest} tokens; this request "
+        f"needs about {tokens + output} ({tokens} in the prompt, {output} for the answer)"
+    )
+    return BadInput(message, param=param if tokens > longest else "max_tokens")
 
 
 def _none_available(model: str, index: ModelIndex, preferences: Preferences) -> NoNodeAvailable:

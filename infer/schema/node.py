@@ -16,6 +16,7 @@ from infer.models import NodeModel as NodeModelRow
 from infer.models import NodeStatus as NodeStatusValue
 from infer.models import Runtime as RuntimeValue
 from infer.nodes import registry
+from infer.routing import capabilities as abilities
 from infer.schema.context import Context
 from infer.schema.permissions import require_principal
 from infer.schema.scalars import Money
@@ -31,21 +32,39 @@ class NodeModel:
     loaded: bool = strawberry.field(description="It was in memory at the last check.")
     input_per_million: Money
     output_per_million: Money
+    capabilities: list[str] = strawberry.field(
+        description="What routing takes it to do: declared, else what the runtime said."
+    )
+    context_length: int | None = strawberry.field(
+        description="Tokens of context, declared or as the runtime said (null: unknown)."
+    )
+    declared_capabilities: list[str] | None = strawberry.field(
+        description="What its operator declared (null: nothing; the runtime's word is used)."
+    )
+    declared_context_length: int | None
 
     @classmethod
-    def from_model(cls, row: NodeModelRow) -> NodeModel:
+    def from_model(cls, row: NodeModelRow, runtime: RuntimeValue) -> NodeModel:
+        able = abilities.effective(
+            runtime, detected=row.capabilities, declared=row.declared_capabilities
+        )
+        declared = row.declared_capabilities
         return cls(
             name=row.model,
             available=row.available,
             loaded=row.loaded,
             input_per_million=Money(row.input_price_per_million),
             output_per_million=Money(row.output_price_per_million),
+            capabilities=[name for name in abilities.CAPABILITIES if name in able],
+            context_length=row.declared_context_length or row.context_length,
+            declared_capabilities=None if declared is None else declared.split(","),
+            declared_context_length=row.declared_context_length,
         )
 
 
 async def _models(root: Node, info: Info[Context, Any]) -> list[NodeModel]:
     rows = await info.context.loaders.node_models.load(uuid.UUID(root.id))
-    return [NodeModel.from_model(row) for row in rows]
+    return [NodeModel.from_model(row, RuntimeValue(root.runtime)) for row in rows]
 
 
 @strawberry.type(name="HealthCheck")
@@ -247,6 +266,27 @@ async def set_model_prices(
         principal=require_principal(info),
         node_id=parse_node_id(node_id),
         prices=_prices(prices),
+        client=ctx.client,
+    )
+    ctx.resources.router.catalog.invalidate()
+    return Node.from_model(row)
+
+
+async def set_model_capabilities(
+    info: Info[Context, Any],
+    node_id: strawberry.ID,
+    model: str,
+    capabilities: list[str] | None = None,
+    context_length: int | None = None,
+) -> Node:
+    ctx = info.context
+    row = await registry.set_model_capabilities(
+        ctx.resources.db,
+        principal=require_principal(info),
+        node_id=parse_node_id(node_id),
+        model=model,
+        capabilities=capabilities,
+        context_length=context_length,
         client=ctx.client,
     )
     ctx.resources.router.catalog.invalidate()

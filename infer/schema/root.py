@@ -78,6 +78,14 @@ class Mutation:
     set_model_prices: nodes.Node = strawberry.mutation(
         resolver=nodes.set_model_prices, description="Set prices per model (USD per 1M tokens)."
     )
+    set_model_capabilities: nodes.Node = strawberry.mutation(
+        resolver=nodes.set_model_capabilities,
+        description=(
+            "Declare what one of your node's models can do (completion, tools, vision,"
+            " json_object, json_schema, logprobs, embedding) and its context length;"
+            " routing takes these over what the runtime says. Null clears either."
+        ),
+    )
     create_review: marketplace.Review = strawberry.mutation(
         resolver=marketplace.create_review,
         description="Rate a provider you have used, once (1 to 5).",

@@ -36,6 +36,7 @@ FIELD_SCOPES: dict[tuple[str, str], ApiKeyScope | None] = {
     ("Mutation", "registerNode"): ApiKeyScope.NODES,
     ("Mutation", "updateNode"): ApiKeyScope.NODES,
     ("Mutation", "setModelPrices"): ApiKeyScope.NODES,
+    ("Mutation", "setModelCapabilities"): ApiKeyScope.NODES,
     ("Mutation", "deregisterNode"): ApiKeyScope.NODES,
     ("Mutation", "setNodePaused"): ApiKeyScope.NODES,
     ("Provider", "myReview"): ApiKeyScope.ACCOUNT,

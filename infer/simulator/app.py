@@ -17,6 +17,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from infer.simulator import embeddings
 from infer.simulator.features import ToolCall, chat_capabilities, plan
 from infer.simulator.models import (
     JSON,
@@ -215,6 +216,8 @@ class _Simulator:
             Route("/v1/models", self.openai_models),
             Route("/v1/models/{name:path}", self.openai_model),
             Route("/v1/chat/completions", self.openai_chat, methods=["POST"]),
+            Route("/api/embed", self.ollama_embed, methods=["POST"]),
+            Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
         ]
 
     def model(self, name: str) -> Model:
@@ -270,10 +273,23 @@ class _Simulator:
                     "general.architecture": model.family,
                     f"{model.family}.context_length": 8192,
                 },
-                "capabilities": chat_capabilities(model.name),
+                "capabilities": (
+                    embeddings.capabilities(model.name)
+                    if embeddings.is_embedding_model(model.name)
+                    else chat_capabilities(model.name)
+                ),
                 "modified_at": timestamp(self.modified_at),
             }
         )
+
+    async def ollama_embed(self, request: Request) -> Response:
+        return await embeddings.ollama_embed(request, self._served, _ollama_error)
+
+    async def openai_embeddings(self, request: Request) -> Response:
+        return await embeddings.openai_embeddings(request, self._served, _openai_error)
+
+    def _served(self, name: str) -> str:
+        return self.model(name).name
 
     async def openai_models(self, request: Request) -> Response:
         created = int(self.modified_at.timestamp())
