@@ -125,6 +125,22 @@ async def test_a_retiring_key_stops_working_at_its_expiry(
     assert "Retiring" not in page
 
 
+async def test_a_key_with_an_expiry_of_its_own_is_active_until_then_not_retiring(
+    dashboard: Dashboard, db: Database
+) -> None:
+    await _signed_up(dashboard)
+    key_id, _ = await _create(dashboard)
+    async with db.transaction() as session:  # as setApiKeyBudget(expiresAt: …) sets it
+        await session.exec(
+            sa.update(ApiKey)
+            .where(col(ApiKey.id) == uuid.UUID(key_id))
+            .values(expires_at=datetime.now(UTC) + timedelta(days=3))
+        )
+    page = await dashboard.get("/keys")
+    assert "Active until" in page
+    assert "Retiring" not in page
+
+
 async def test_rotation_now_ends_the_old_secret(dashboard: Dashboard) -> None:
     await _signed_up(dashboard)
     key_id, old = await _create(dashboard)

@@ -75,6 +75,9 @@ class ApiKey:
         )
     )
     revoked_at: datetime | None
+    rotated_from_id: strawberry.ID | None = strawberry.field(
+        description="The key this one replaced, when rotateApiKey issued it."
+    )
     requests_per_minute: int | None = strawberry.field(
         description="This key's own request limit; null means the platform's default."
     )
@@ -101,6 +104,9 @@ class ApiKey:
             last_used_at=used,
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
+            rotated_from_id=strawberry.ID(str(row.rotated_from_id))
+            if row.rotated_from_id
+            else None,
             requests_per_minute=row.requests_per_minute,
             tokens_per_minute=row.tokens_per_minute,
             scopes=[scope for scope in ApiKeyScopeValue if scope in parse_scopes(row.scopes)],

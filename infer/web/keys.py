@@ -48,14 +48,15 @@ class Failure:
         return self
 
 
-def key_state(key: dict[str, Any], now: datetime) -> str:
-    """active, retiring (a rotated key in its grace period), revoked or expired."""
+def key_state(key: dict[str, Any], now: datetime, replaced: set[str]) -> str:
+    """active, retiring (a rotated key in its grace period: another key replaced it),
+    revoked or expired (an expiry set with its budget, or a grace period that ended)."""
     if key["revokedAt"] is not None:
         return "revoked"
     expires = parse_time(key["expiresAt"])
-    if expires is None:
-        return "active"
-    return "retiring" if expires > now else "expired"
+    if expires is not None and expires <= now:
+        return "expired"
+    return "retiring" if expires is not None and key["id"] in replaced else "active"
 
 
 def _inline_status(failed: OperationFailed) -> int:
@@ -80,7 +81,8 @@ async def _render(
     now = datetime.now(UTC)
     start = (now - timedelta(days=DAYS - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     me = (await web.run("KeysPage", **{"from": start.isoformat()}))["me"]
-    keys = [{**key, "state": key_state(key, now)} for key in me["apiKeys"]]
+    replaced = {key["rotatedFromId"] for key in me["apiKeys"] if key["rotatedFromId"]}
+    keys = [{**key, "state": key_state(key, now, replaced)} for key in me["apiKeys"]]
     if failure and failure.key_id and all(key["id"] != failure.key_id for key in keys):
         return await web.failure(404, "no such API key")
     return await web.page(
