@@ -3,13 +3,22 @@ naming the param, before any node is called and with nothing charged."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from test_gateway import MODEL, platform_settings, simulator
+from runtimes import FakeRuntime
+from test_gateway import MESSAGES, MODEL, platform_settings, simulator
 from test_hostile_market import AsgiMarket, _add_node, _auth, inproc
 
-from infer.simulator import SimulatorConfig, serve_simulator_in_thread
+from infer.errors import UpstreamError
+from infer.models import Runtime
+from infer.nodes.clients import client_for
+from infer.nodes.clients.base import ChatChunk, ChatMessage, ChatRequest, Deadlines
+from infer.nodes.http import create_http_client
+from infer.simulator import SimulatorConfig, serve_in_thread, serve_simulator_in_thread
 
 __all__ = ["inproc", "platform_settings", "simulator"]  # fixtures shared with other tests
 
@@ -56,3 +65,63 @@ async def test_numbers_json_cannot_carry_in_tools_or_schemas_are_400_naming_the_
         assert await market.usage() == []  # nothing metered: no node answered
         assert await market.balance("buyer@example.com") == before
     await market.assert_books_balance()
+
+
+@dataclass
+class LogprobFlood(FakeRuntime):
+    """An OpenAI-compatible node that answers one word, then logprobs without end."""
+
+    def _answer_pieces(self, max_tokens: object) -> tuple[tuple[str, ...], str]:
+        return ("Hi",), "stop"
+
+    async def _events(self, request: dict[str, Any]) -> AsyncIterator[bytes]:
+        head = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+        entry = {"token": "x" * 1000, "logprob": -0.5, "bytes": None, "top_logprobs": []}
+        choice = {"index": 0, "delta": {"content": ""}, "logprobs": {"content": [entry] * 64}}
+        flood = b"data: " + json.dumps(head | {"choices": [choice]}).encode() + b"\n\n"
+        first = {"index": 0, "delta": {"role": "assistant", "content": "Hi"}}
+        yield b"data: " + json.dumps(head | {"choices": [first]}).encode() + b"\n\n"
+        for _ in range(2_000):  # 128 MB of logprobs for a 4-token answer
+            yield flood
+        last = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        yield b"data: " + json.dumps(head | {"choices": [last]}).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_logprobs_a_buyer_did_not_ask_for_are_neither_buffered_nor_relayed(
+    inproc: tuple[AsgiMarket, Any], stream: bool
+) -> None:
+    """Logprobs are not output the buyer pays for, so the check on answers far beyond
+    max_tokens never counted them: a node could make a whole answer hold (and a stream
+    relay) as many as it could send before the total deadline, asked for or not."""
+    market, _ = inproc
+    with serve_in_thread(LogprobFlood(dialect="openai", models=(MODEL,))) as url:
+        await _add_node(market, url, "flood", runtime="OPENAI")
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 4, "stream": stream}
+        response = await market.http.post(
+            "/api/v1/chat/completions", json=body, headers=_auth(market), timeout=60
+        )
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.content) < 4096, f"{len(response.content)} bytes for a 4-token answer"
+    assert b"logprobs" not in response.content
+    await market.assert_books_balance()
+
+
+async def test_a_node_sending_more_logprobs_than_max_tokens_allows_is_an_upstream_error() -> None:
+    request = ChatRequest(
+        model=MODEL, messages=(ChatMessage("user", "hi"),), max_tokens=4, logprobs=True
+    )
+    pieces: list[ChatChunk] = []
+
+    async def collect(client: Any) -> None:
+        async for batch in client.stream_batches(request):
+            pieces.extend(batch)
+
+    async with create_http_client(allow_private=True, deadlines=Deadlines()) as http:
+        with serve_in_thread(LogprobFlood(dialect="openai", models=(MODEL,))) as url:
+            client = client_for(Runtime.OPENAI, http, base_url=url)
+            with pytest.raises(UpstreamError, match="far more logprobs than max_tokens"):
+                await collect(client)
+    kept = sum(len(piece.logprobs or ()) for piece in pieces)
+    assert kept <= 4 * 4 + 16  # what an answer of 4 tokens may carry, not 128,000

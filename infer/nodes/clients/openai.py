@@ -38,6 +38,13 @@ from infer.nodes.clients.wire import drain, fetch_json, open_stream, read_lines
 
 SSE = "text/event-stream"
 DONE = b"[DONE]"
+# Logprobs are not billed output, so the gateway's check on answers far beyond max_tokens
+# does not see them: they are bounded here. An honest runtime sends one entry a token, and
+# with 20 top logprobs a few KiB of event a token.
+LOGPROB_ENTRIES_PER_TOKEN = 4
+LOGPROB_BYTES_PER_TOKEN = 16 << 10
+LOGPROB_SLACK_BYTES = 64 << 10
+DEFAULT_MAX_TOKENS = 4096  # for a request that sets none (the platform always sets one)
 
 
 def chat_body(request: ChatRequest, *, include_usage: bool) -> dict[str, object]:
@@ -88,12 +95,20 @@ def model_ids(document: object) -> tuple[str, ...]:
 
 
 class _Answer:
-    """What a stream has told beyond its text: the finish reason, usage, and [DONE]."""
+    """What a stream has told beyond its text: the finish reason, usage, and [DONE].
 
-    def __init__(self) -> None:
+    Logprobs are kept only when the request asked for them, and only as many as an
+    answer of `max_tokens` can have.
+    """
+
+    def __init__(self, *, logprobs: bool = False, max_tokens: int | None = None) -> None:
         self.reason: str | None = None
         self.usage: Usage | None = None
         self.done = False
+        self.logprobs = logprobs
+        tokens = max_tokens or DEFAULT_MAX_TOKENS
+        self.logprob_entries = LOGPROB_ENTRIES_PER_TOKEN * tokens + 16
+        self.logprob_bytes = LOGPROB_BYTES_PER_TOKEN * tokens + LOGPROB_SLACK_BYTES
 
     def take(self, data: bytes) -> ChatChunk | None:
         """Absorb one event's data; return what it brings to relay (text, tool calls)."""
@@ -103,8 +118,14 @@ class _Answer:
         chunk = parse_chunk(data)
         self.usage = chunk.usage or self.usage  # the last figure is the cumulative one
         self.reason = chunk.finish_reason or self.reason
-        if chunk.content or chunk.tool_calls or chunk.logprobs:
-            return ChatChunk(chunk.content, None, None, chunk.tool_calls, chunk.logprobs)
+        logprobs = chunk.logprobs if self.logprobs else None
+        if logprobs:
+            self.logprob_entries -= len(logprobs)
+            self.logprob_bytes -= len(data)
+            if self.logprob_entries < 0 or self.logprob_bytes < 0:
+                raise UpstreamError("the node sent far more logprobs than max_tokens allows")
+        if chunk.content or chunk.tool_calls or logprobs:
+            return ChatChunk(chunk.content, None, None, chunk.tool_calls, logprobs)
         return None
 
     def last(self) -> ChatChunk:
@@ -146,7 +167,8 @@ class OpenAICompatibleClient(RuntimeClient):
         clock = StreamClock(self.deadlines)
         body = chat_body(request, include_usage=self.include_usage)
         path = f"{self.api}/chat/completions"
-        answer, decoder = _Answer(), EventDecoder()
+        answer = _Answer(logprobs=bool(request.logprobs), max_tokens=request.max_tokens)
+        decoder = EventDecoder()
         async with (
             open_stream(self, path, body, clock=clock, accept=SSE, model=request.model) as response,
             contextlib.aclosing(read_lines(response, clock)) as batches,
