@@ -142,6 +142,13 @@ async def test_a_declared_capability_is_routed_to_and_survives_health_checks(
     await register(market, simulators[1], "plain", "OPENAI")
     tool_request(market)
     assert [str(u.node_id) for u in await market.usage()] == [plain]
+    # The public catalogue shows what was declared too.
+    query = f'{{ model(name: "{MODEL}") {{ capabilities contextLength }} }}'
+    listed = (await market.http.post("/graphql", json={"query": query})).json()
+    assert listed["data"]["model"] == {
+        "capabilities": ["completion", "tools"],
+        "contextLength": 32768,
+    }
     # Null clears the declaration: the runtime's silence means text only again.
     await declare(market, plain, None)
     with pytest.raises(openai.BadRequestError):

@@ -243,3 +243,28 @@ async def test_a_keys_allow_list_and_budget_hold_for_embeddings(
     assert (await embed()).status_code == 200
     assert len(await market.usage()) == 1
     await market.assert_books_balance()
+
+
+async def test_an_input_longer_than_every_context_is_a_400_naming_input(
+    market: Market, simulator: str
+) -> None:
+    node = await register(market, simulator)
+    declare = """mutation($id: ID!, $model: String!) {
+      setModelCapabilities(nodeId: $id, model: $model, capabilities: ["embedding"],
+                           contextLength: 50) { id }
+    }"""
+    response = await market.http.post(
+        "/graphql",
+        json={"query": declare, "variables": {"id": node, "model": EMBEDDER}},
+        headers={"Authorization": f"Bearer {market.operator_key}"},
+    )
+    assert "errors" not in response.json()
+    client = market.sync_client()
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.embeddings.create(model=EMBEDDER, input=["short", "word " * 100])
+    assert isinstance(raised.value.body, dict)
+    assert raised.value.body["param"] == "input"
+    assert "50 tokens" in raised.value.body["message"]
+    # Each input is embedded on its own: many short ones fit.
+    answer = client.embeddings.create(model=EMBEDDER, input=["word " * 20] * 10)
+    assert len(answer.data) == 10

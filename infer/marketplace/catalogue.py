@@ -227,16 +227,23 @@ def _model(
             for o in offers
             if (o.provider_id, name) in measured
         ),
-        context_length=max((r.context_length for r in described if r.context_length), default=None),
+        # What an operator declared wins over what the runtime said (routing/capabilities.py).
+        context_length=max(
+            (r.declared_context_length or r.context_length or 0 for r in described), default=0
+        )
+        or None,
         parameter_size=_most_common(r.parameter_size for r in described),
         quantization=_most_common(r.quantization for r in described),
         family=_most_common(r.family for r in described),
         capabilities=tuple(
-            c
-            for c in CAPABILITIES
-            if any(c in (r.capabilities or "").split(",") for r in described)
+            c for c in CAPABILITIES if any(c in _capabilities(r).split(",") for r in described)
         ),
     )
+
+
+def _capabilities(row: NodeModel) -> str:
+    declared = row.declared_capabilities
+    return (row.capabilities if declared is None else declared) or ""
 
 
 def _on_sale() -> Any:

@@ -130,7 +130,9 @@ async def list_providers(
         offer_where.append(col(NodeModel.model) == wanted.model)
     if wanted.capability is not None:
         # Stored comma-separated ("completion,tools"): match a whole item.
-        listed = sa.literal(",") + col(NodeModel.capabilities) + sa.literal(",")
+        # What an operator declared wins over what the runtime said.
+        stored = sa.func.coalesce(col(NodeModel.declared_capabilities), col(NodeModel.capabilities))
+        listed = sa.literal(",") + stored + sa.literal(",")
         offer_where.append(listed.contains(f",{wanted.capability},", autoescape=True))
     offers = (
         select(
