@@ -125,3 +125,39 @@ async def test_a_node_sending_more_logprobs_than_max_tokens_allows_is_an_upstrea
                 await collect(client)
     kept = sum(len(piece.logprobs or ()) for piece in pieces)
     assert kept <= 4 * 4 + 16  # what an answer of 4 tokens may carry, not 128,000
+
+
+@dataclass
+class ToolIdFlood(FakeRuntime):
+    """An OpenAI-compatible node whose tool calls carry ids of a megabyte each."""
+
+    async def _events(self, request: dict[str, Any]) -> AsyncIterator[bytes]:
+        head = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+        for index in range(128):
+            call = {"index": index, "id": "x" * 1_000_000, "function": {"name": "f"}}
+            choice = {"index": 0, "delta": {"tool_calls": [call]}}
+            yield b"data: " + json.dumps(head | {"choices": [choice]}).encode() + b"\n\n"
+        last = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+        yield b"data: " + json.dumps(head | {"choices": [last]}).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_nodes_tool_call_ids_are_bounded_like_a_buyers(
+    inproc: tuple[AsgiMarket, Any], stream: bool
+) -> None:
+    """A tool call's id was counted as no output: 128 calls with ids of a megabyte made a
+    128 MB answer (an id the buyer could not even send back: theirs are 256 at most)."""
+    market, _ = inproc
+    with serve_in_thread(ToolIdFlood(dialect="openai", models=(MODEL,))) as url:
+        await _add_node(market, url, "flood", runtime="OPENAI")
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 64, "stream": stream}
+        response = await market.http.post(
+            "/api/v1/chat/completions", json=body, headers=_auth(market), timeout=60
+        )
+    assert len(response.content) < 1 << 20, f"{len(response.content)} bytes for 64 tokens"
+    if stream:
+        assert b'"code":"upstream_error"' in response.content
+    else:
+        assert response.status_code == 502, response.text[:300]
+    await market.assert_books_balance()

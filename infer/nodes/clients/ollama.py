@@ -34,6 +34,7 @@ from infer.nodes.clients.payloads import (
     parse_json,
     reject_error,
     sampling,
+    tool_call_id,
     tool_definitions,
 )
 from infer.nodes.clients.wire import drain, fetch_json, open_stream, read_lines
@@ -133,7 +134,7 @@ def _tool_calls(value: object, calls: int) -> tuple[ToolCallDelta, ...]:
         found.append(
             ToolCallDelta(
                 number,
-                optional_text(call.get("id"), "tool call id") or mint_call_id(),
+                tool_call_id(call.get("id")) or mint_call_id(),
                 as_text(function.get("name"), "tool call name"),
                 json.dumps(arguments, separators=(",", ":"), ensure_ascii=False),
             )

@@ -13,6 +13,8 @@ from infer.errors import UpstreamError
 from infer.nodes.clients.base import ChatRequest, Image, Tool, ToolCallDelta, Usage
 
 MAX_TOOL_CALLS = 128  # tool calls in one answer; a higher index is a malformed answer
+# A tool call's id, as long as a buyer may send one back (infer/gateway/body.py).
+MAX_TOOL_CALL_ID = 256
 # What OpenAI's API defines; anything else a runtime says is reported as "stop".
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
@@ -81,6 +83,14 @@ def mint_call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
+def tool_call_id(value: object) -> str | None:
+    """A tool call's id, if it has one; longer than a buyer may send back is malformed."""
+    found = optional_text(value, "tool call id")
+    if found is not None and len(found) > MAX_TOOL_CALL_ID:
+        raise malformed("tool call id too long")
+    return found
+
+
 def tool_call_deltas(value: object) -> tuple[ToolCallDelta, ...]:
     """OpenAI's `tool_calls` of a delta or a message (arguments as text, or an object)."""
     if value is None:
@@ -99,7 +109,7 @@ def tool_call_deltas(value: object) -> tuple[ToolCallDelta, ...]:
         found.append(
             ToolCallDelta(
                 position,
-                optional_text(call.get("id"), "tool call id"),
+                tool_call_id(call.get("id")),
                 optional_text(function.get("name"), "tool call name"),
                 optional_text(arguments, "tool call arguments") or "",
             )
