@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from runtimes import FakeRuntime
 from test_gateway import MESSAGES, MODEL, platform_settings, simulator
 from test_hostile_market import AsgiMarket, _add_node, _auth, inproc
+from test_key_budgets import KEYS, BudgetMarket
+from test_key_budgets import market as budget_market
 
 from infer.errors import UpstreamError
 from infer.models import Runtime
@@ -20,7 +23,12 @@ from infer.nodes.clients.base import ChatChunk, ChatMessage, ChatRequest, Deadli
 from infer.nodes.http import create_http_client
 from infer.simulator import SimulatorConfig, serve_in_thread, serve_simulator_in_thread
 
-__all__ = ["inproc", "platform_settings", "simulator"]  # fixtures shared with other tests
+__all__ = [
+    "budget_market",
+    "inproc",
+    "platform_settings",
+    "simulator",
+]  # fixtures shared with other tests
 
 HI = b'[{"role": "user", "content": "hi"}]'
 TOOL = b'[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", %s}}}]'
@@ -161,3 +169,43 @@ async def test_a_nodes_tool_call_ids_are_bounded_like_a_buyers(
     else:
         assert response.status_code == 502, response.text[:300]
     await market.assert_books_balance()
+
+
+ROTATE = (
+    "mutation($id: ID!, $grace: Int) { rotateApiKey(id: $id, gracePeriodSeconds: $grace)"
+    " { apiKey { id } secret } }"
+)
+
+
+@pytest.mark.parametrize("grace", [0, 604_800], ids=["at-once", "with-grace"])
+async def test_a_rotated_keys_replacement_keeps_its_budget_allow_list_and_expiry(
+    budget_market: BudgetMarket, grace: int
+) -> None:
+    """Rotating is what one does with a leaked key; its replacement came with no spend
+    limit, no allow-list and no expiry, so the leak's remedy lifted every limit; and a grace
+    period let the old key outlive its own expiry."""
+    market = budget_market
+    expires = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    await market.set_budget(
+        limit="0.01", reset="DAILY", models=["qwen2.5:7b"], expires=expires.isoformat()
+    )
+    old = await market.key()
+    rotated = await market.graphql(ROTATE, {"id": old["id"], "grace": grace})
+    secret = rotated["data"]["rotateApiKey"]["secret"]  # type: ignore[index]
+    new_id = rotated["data"]["rotateApiKey"]["apiKey"]["id"]  # type: ignore[index]
+    keys = (await market.graphql(KEYS, {}, key=secret))["data"]["me"]["apiKeys"]  # type: ignore[index]
+    new = next(key for key in keys if key["id"] == new_id)
+    assert new["allowedModels"] == ["qwen2.5:7b"]
+    assert new["expiresAt"] == old["expiresAt"]
+    assert new["budget"]["spendLimit"] == "0.01"
+    assert new["budget"]["reset"] == "DAILY"
+    if grace:  # the old key's week of grace does not outlive its own three days
+        was = next(key for key in keys if key["id"] == old["id"])
+        assert was["expiresAt"] == old["expiresAt"]
+    response = await market.http.post(
+        "/api/v1/chat/completions",
+        json={"model": MODEL, "messages": MESSAGES},
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["code"] == "model_not_allowed"

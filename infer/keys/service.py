@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -15,8 +15,9 @@ from infer.accounts.principal import Principal
 from infer.audit import ClientInfo
 from infer.db import Database, group_by
 from infer.errors import BadInput, Conflict, NotFound
+from infer.keys.budgets import period_start
 from infer.keys.scopes import format_scopes, names, parse_scopes, requested_scopes
-from infer.models import ApiKey, ApiKeyScope, utcnow
+from infer.models import ApiKey, ApiKeyScope, KeyBudget, utcnow
 from infer.security import apikeys
 from infer.security.crypto import Keyring
 from infer.security.text import check_name
@@ -152,11 +153,21 @@ async def rotate_key(
         issued.api_key.rotated_from_id = old.id
         issued.api_key.requests_per_minute = old.requests_per_minute
         issued.api_key.tokens_per_minute = old.tokens_per_minute
+        # The remedy for a leaked key must not lift its limits: the replacement keeps the
+        # allow-list, the expiry and the budget (with what this period already spent).
+        issued.api_key.allowed_models = old.allowed_models
+        issued.api_key.expires_at = old.expires_at
         if grace_seconds:
-            old.expires_at = now + timedelta(seconds=grace_seconds)
+            # A grace period shortens the old key's life, never lengthens it.
+            ends = now + timedelta(seconds=grace_seconds)
+            old.expires_at = ends if old.expires_at is None else min(old.expires_at, ends)
         else:
             old.revoked_at = now
         session.add_all([old, issued.api_key])
+        await session.flush()  # the replacement's row, before its budget's
+        budget = await session.get(KeyBudget, old.id)
+        if budget is not None:
+            session.add(_carried_budget(budget, issued.api_key.id, now))
         audit.record(
             session,
             action="api_key.rotated",
@@ -166,6 +177,20 @@ async def rotate_key(
             details={"replacement": str(issued.api_key.id), "grace_seconds": grace_seconds},
         )
     return issued
+
+
+def _carried_budget(budget: KeyBudget, key_id: uuid.UUID, now: datetime) -> KeyBudget:
+    """A replacement's copy of its predecessor's budget: the same limit and period, and
+    what the period spent so far (the predecessor's open requests settle on its own)."""
+    start = period_start(budget.reset, now)
+    return KeyBudget(
+        api_key_id=key_id,
+        spend_limit=budget.spend_limit,
+        reset=budget.reset,
+        period_start=start,
+        spent=budget.spent if budget.period_start >= start else 0,
+        reserved=0,
+    )
 
 
 async def revoke_key(
