@@ -12,6 +12,7 @@ import re
 import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -94,6 +95,9 @@ class TextLines(logging.Formatter):
         if getattr(record, "request_id", None) is None:
             record.request_id = "-"
         return super().format(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _SECRETS.sub(_MASK, super().formatException(ei))
 
 
 def configure_logging(*, log_format: str, level: str = "info") -> None:

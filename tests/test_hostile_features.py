@@ -3,7 +3,9 @@ naming the param, before any node is called and with nothing charged."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +19,7 @@ from test_key_budgets import KEYS, BudgetMarket
 from test_key_budgets import market as budget_market
 
 from infer.errors import UpstreamError
+from infer.logs import Redacting, TextLines
 from infer.models import Runtime
 from infer.nodes.clients import client_for
 from infer.nodes.clients.base import ChatChunk, ChatMessage, ChatRequest, Deadlines
@@ -209,3 +212,26 @@ async def test_a_rotated_keys_replacement_keeps_its_budget_allow_list_and_expiry
     )
     assert response.status_code == 403, response.text
     assert response.json()["error"]["code"] == "model_not_allowed"
+
+
+def test_text_logs_mask_keys_in_tracebacks_too() -> None:
+    """The default (text) format masked messages but printed a traceback as raised: an
+    exception naming a key or a bearer token reached the log whole."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextLines())
+    handler.addFilter(Redacting())
+    logger = logging.getLogger("infer.test-text-logs")
+    logger.addHandler(handler)
+    key = "inf_" + "A1b2C3d4E5" * 4 + "abcdefghi"
+    try:
+        try:
+            raise ValueError(f"bad key {key}, header Authorization: Bearer s3cr3t-token")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "ValueError: bad key [redacted]" in text
+    assert key not in text
+    assert "s3cr3t-token" not in text
