@@ -3,24 +3,21 @@ input tokens and settle, through the completions' own hold and settlement queues
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
-import uuid
 from dataclasses import dataclass
 
 import anyio
 
 from infer.accounts.principal import Principal
-from infer.billing import batches, settlement
+from infer.billing import settlement
 from infer.billing.metering import meter, typical_prompt_tokens
 from infer.billing.pricing import cost, estimate_prompt_tokens, split
 from infer.billing.settlement import Settlement
 from infer.completions.service import Completions
 from infer.errors import BadInput, InferError, ModelNotAllowed, NotFound, UpstreamError
-from infer.keys.limits import admit
 from infer.metrics import UNROUTED
-from infer.models import UsageStatus, utcnow
+from infer.models import UsageStatus
 from infer.nodes.clients import client_for
 from infer.nodes.clients.base import Usage
 from infer.nodes.clients.embeddings import EmbeddingRequest, Embeddings, embed
@@ -113,8 +110,8 @@ async def _embed(
         )
         for c in attempts
     )
-    reservation = await _reserve(
-        owner, buyer=buyer, amount=worst_case, tokens=prompt_bound, request_id=request_id
+    reservation = await owner.reserve(
+        buyer=buyer, amount=worst_case, tokens=prompt_bound, request_id=request_id
     )
     try:
         for operator_id in {c.operator_id for c in attempts}:
@@ -163,7 +160,7 @@ async def _embed(
     owner.write(
         Settlement(
             hold_id=reservation.hold_id,
-            buyer_account_id=await owner.accounts.of(buyer.user_id),
+            buyer_account_id=reservation.account_id,
             operator_account_id=await owner.accounts.of(candidate.operator_id),
             usage=usage,
             budget_key_id=reservation.budget_key_id,
@@ -176,44 +173,6 @@ async def _embed(
         estimated=metered.estimated,
         rate_limits=reservation.rate_limits,
     )
-
-
-@dataclass(frozen=True)
-class _Reservation:
-    hold_id: uuid.UUID | None
-    budget_key_id: uuid.UUID | None
-    rate_limits: dict[str, str]
-
-
-async def _reserve(
-    owner: Completions, *, buyer: Principal, amount: int, tokens: int, request_id: str
-) -> _Reservation:
-    """Hold `amount` (against the key's budget too) while the key's rate limits count the
-    request, as a chat completion's start does; a refused request gives its hold back."""
-    budget_key_id = buyer.api_key_id if buyer.has_budget else None
-    held: asyncio.Future[uuid.UUID] | None = None
-    if amount > 0:
-        held = owner.holds.enqueue(
-            batches.HoldRequest(
-                account_id=await owner.accounts.of(buyer.user_id),
-                amount=amount,
-                request_id=request_id,
-                expires_at=utcnow() + owner.policy.hold_ttl,
-                budget_key_id=budget_key_id,
-            )
-        )
-    try:
-        rate_limits = await admit(
-            owner.limiter, buyer, defaults=owner.policy.key_limits, tokens=tokens
-        )
-    except BaseException:
-        if held is not None:
-            held.add_done_callback(owner._give_back)
-        raise
-    hold_id = None if held is None else await asyncio.shield(held)
-    if hold_id is not None:
-        owner.metrics.holds_open.inc()  # its settlement or release counts it back
-    return _Reservation(hold_id, budget_key_id, rate_limits)
 
 
 async def _first_answer(

@@ -57,6 +57,17 @@ class BillingPolicy:
     key_limits: KeyLimits
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A request's funds held (`hold_id` None when it costs nothing) and the key's
+    x-ratelimit-* headers as it left them."""
+
+    account_id: uuid.UUID
+    hold_id: uuid.UUID | None
+    budget_key_id: uuid.UUID | None
+    rate_limits: dict[str, str]
+
+
 class AccountIds:
     """user id → ledger account id; the mapping never changes, so it is cached for good."""
 
@@ -264,47 +275,27 @@ class Completions:
             )
             for c in attempts
         )
-        account_id = await self.accounts.of(buyer.user_id)
-        held: asyncio.Future[uuid.UUID] | None = None
-        budget_key_id = buyer.api_key_id if buyer.has_budget else None
-        if worst_case > 0:
-            held = self.holds.enqueue(
-                batches.HoldRequest(
-                    account_id=account_id,
-                    amount=worst_case,
-                    request_id=request_id,
-                    expires_at=utcnow() + self.policy.hold_ttl,
-                    budget_key_id=budget_key_id,
-                )
-            )
-        try:
-            rate_limits = await admit(
-                self.limiter,
-                buyer,
-                defaults=self.policy.key_limits,
-                tokens=prompt_bound + max_tokens,
-            )
-        except BaseException:
-            if held is not None:
-                held.add_done_callback(self._give_back)
-            raise
-        hold_id = None if held is None else await asyncio.shield(held)
-        if hold_id is not None:
-            self.metrics.holds_open.inc()
+        reserved = await self.reserve(
+            buyer=buyer,
+            amount=worst_case,
+            tokens=prompt_bound + max_tokens,
+            request_id=request_id,
+        )
+        hold_id = reserved.hold_id
         completion = Completion(
             self,
             buyer=buyer,
             request=request,
             request_id=request_id,
             hold_id=hold_id,
-            account_id=account_id,
+            account_id=reserved.account_id,
             prompt_bound=prompt_bound,
             prompt_typical=prompt_typical,
             prompt_bytes=sum(len(content.encode()) for content in contents),
             max_tokens=max_tokens,
         )
-        completion.rate_limits = rate_limits
-        completion.budget_key_id = budget_key_id if hold_id is not None else None
+        completion.rate_limits = reserved.rate_limits
+        completion.budget_key_id = reserved.budget_key_id
         try:
             # Whoever answers is paid even if the database goes away meanwhile: their
             # ledger accounts are known (and cached) before any node is called.
@@ -316,6 +307,44 @@ class Completions:
                 self.release(hold_id)
             raise
         return completion
+
+    async def reserve(
+        self, *, buyer: Principal, amount: int, tokens: int, request_id: str
+    ) -> Reservation:
+        """Hold `amount` (against the key's budget too, if it has one) while the key's rate
+        limits count the request and its `tokens`; both must pass. A request the limits
+        refuse gives its hold back once placed. Chat, text and embeddings alike.
+        """
+        account_id = await self.accounts.of(buyer.user_id)
+        held: asyncio.Future[uuid.UUID] | None = None
+        budget_key_id = buyer.api_key_id if buyer.has_budget else None
+        if amount > 0:
+            held = self.holds.enqueue(
+                batches.HoldRequest(
+                    account_id=account_id,
+                    amount=amount,
+                    request_id=request_id,
+                    expires_at=utcnow() + self.policy.hold_ttl,
+                    budget_key_id=budget_key_id,
+                )
+            )
+        try:
+            rate_limits = await admit(
+                self.limiter, buyer, defaults=self.policy.key_limits, tokens=tokens
+            )
+        except BaseException:
+            if held is not None:
+                held.add_done_callback(self._give_back)
+            raise
+        hold_id = None if held is None else await asyncio.shield(held)
+        if hold_id is not None:
+            self.metrics.holds_open.inc()
+        return Reservation(
+            account_id=account_id,
+            hold_id=hold_id,
+            budget_key_id=budget_key_id if hold_id is not None else None,
+            rate_limits=rate_limits,
+        )
 
     def release(self, hold_id: uuid.UUID) -> None:
         """Give a hold back without charging; written with the settlements, never lost."""
