@@ -235,3 +235,41 @@ def test_text_logs_mask_keys_in_tracebacks_too() -> None:
     assert "ValueError: bad key [redacted]" in text
     assert key not in text
     assert "s3cr3t-token" not in text
+
+
+@dataclass
+class DeepArguments(FakeRuntime):
+    """A node whose tool call's arguments are an object nested 1,000 deep (as JSON allows)."""
+
+    async def _events(self, request: dict[str, Any]) -> AsyncIterator[bytes]:
+        head = b'{"id":"c","object":"chat.completion.chunk","created":0,"model":"%s",' % (
+            MODEL.encode()
+        )
+        deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+        call = b'{"index":0,"id":"call_1","function":{"name":"f","arguments":%s}}' % deep
+        yield b'data: %s"choices":[{"index":0,"delta":{"tool_calls":[%s]}}]}\n\n' % (head, call)
+        yield b'data: %s"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\n' % (
+            head
+        )
+        yield b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_deeply_nested_tool_call_arguments_from_a_node_are_a_clean_upstream_error(
+    inproc: tuple[AsgiMarket, Any], stream: bool
+) -> None:
+    """Arguments sent as an object are written out as JSON text: nested past Python's
+    recursion limit that was a RecursionError, a 500 to the buyer."""
+    market, _ = inproc
+    with serve_in_thread(DeepArguments(dialect="openai", models=(MODEL,))) as url:
+        await _add_node(market, url, "deep", runtime="OPENAI")
+        before = await market.balance("buyer@example.com")
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 64, "stream": stream}
+        response = await market.http.post(
+            "/api/v1/chat/completions", json=body, headers=_auth(market), timeout=60
+        )
+        # The first event fails: no node could answer, before any stream began.
+        assert response.status_code == 502, response.text[:300]
+        assert response.json()["error"]["code"] == "upstream_error"
+        assert await market.balance("buyer@example.com") == before
+    await market.assert_books_balance()

@@ -23,6 +23,7 @@ from infer.nodes.clients.clock import StreamClock, probe_deadline
 from infer.nodes.clients.details import ollama_show
 from infer.nodes.clients.payloads import (
     MAX_TOOL_CALLS,
+    arguments_text,
     as_list,
     as_object,
     as_text,
@@ -136,7 +137,7 @@ def _tool_calls(value: object, calls: int) -> tuple[ToolCallDelta, ...]:
                 number,
                 tool_call_id(call.get("id")) or mint_call_id(),
                 as_text(function.get("name"), "tool call name"),
-                json.dumps(arguments, separators=(",", ":"), ensure_ascii=False),
+                arguments_text(arguments, ensure_ascii=False),
             )
         )
     return tuple(found)

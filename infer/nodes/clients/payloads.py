@@ -91,6 +91,15 @@ def tool_call_id(value: object) -> str | None:
     return found
 
 
+def arguments_text(value: dict[str, Any], *, ensure_ascii: bool = True) -> str:
+    """Tool call arguments sent as an object, as JSON text; nested past what the encoder
+    can write (JSON itself allows 1024 levels) is malformed."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=ensure_ascii)
+    except RecursionError as exc:
+        raise malformed("tool call arguments nested too deeply") from exc
+
+
 def tool_call_deltas(value: object) -> tuple[ToolCallDelta, ...]:
     """OpenAI's `tool_calls` of a delta or a message (arguments as text, or an object)."""
     if value is None:
@@ -105,7 +114,7 @@ def tool_call_deltas(value: object) -> tuple[ToolCallDelta, ...]:
         function = as_object(call.get("function") or {}, "tool call function")
         arguments = function.get("arguments")
         if isinstance(arguments, dict):
-            arguments = json.dumps(arguments, separators=(",", ":"))
+            arguments = arguments_text(arguments)
         found.append(
             ToolCallDelta(
                 position,
