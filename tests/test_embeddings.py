@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from test_gateway import Market
 
 from infer.app import create_app
@@ -268,3 +270,38 @@ async def test_an_input_longer_than_every_context_is_a_400_naming_input(
     # Each input is embedded on its own: many short ones fit.
     answer = client.embeddings.create(model=EMBEDDER, input=["word " * 20] * 10)
     assert len(answer.data) == 10
+
+
+async def test_embeddings_are_in_the_metrics_and_a_refused_hold_is_not_left_open(
+    settings: Settings, db: Database, simulator: str
+) -> None:
+    token = "metrics-token-" + "m" * 24
+    limited = settings.model_copy(
+        update={"metrics_token": SecretStr(token), "key_requests_per_minute": 1}
+    )
+    with serve_in_thread(create_app(limited), lifespan="on") as url:
+        market = Market(url, db)
+        await market.setup(credits=10_000_000)
+        try:
+            await register(market, simulator)
+            auth = {"Authorization": f"Bearer {market.buyer_key}"}
+            body = {"model": EMBEDDER, "input": TEXTS}
+            ok = await market.http.post("/api/v1/embeddings", json=body, headers=auth)
+            limited_out = await market.http.post("/api/v1/embeddings", json=body, headers=auth)
+            await market.settled()
+            scraped = await market.http.get(
+                "/metrics", headers={"Authorization": f"Bearer {token}"}
+            )
+        finally:
+            await market.close()
+    assert (ok.status_code, limited_out.status_code) == (200, 429)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(scraped.text)
+        for s in family.samples
+    }
+    assert samples[("infer_requests_total", (("model", EMBEDDER), ("status", "200")))] == 1
+    assert samples[("infer_requests_total", (("model", EMBEDDER), ("status", "429")))] == 1
+    tokens_in = (("direction", "in"), ("model", EMBEDDER))
+    assert samples[("infer_tokens_total", tokens_in)] == tokens(TEXTS)
+    assert samples[("infer_holds_open", ())] == 0

@@ -353,6 +353,7 @@ class Completions:
     def _give_back(self, held: asyncio.Future[uuid.UUID]) -> None:
         """Release a hold placed for a request that was refused meanwhile (before answering)."""
         if not held.cancelled() and held.exception() is None:
+            self.metrics.holds_open.inc()  # it was open; its release counts it back
             self.release(held.result())
 
     def token_of(self, candidate: Candidate) -> str | None:
