@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 from typing import Annotated, Any, Literal
 
@@ -293,6 +295,22 @@ def _location(loc: tuple[int | str, ...]) -> str | None:
     """A field's path as `messages.0.content`; a union's member names are left out."""
     kept = (str(p) for p in loc if isinstance(p, int) or not any(c in p for c in "[("))
     return ".".join(kept) or None
+
+
+# A body this large may carry tool schemas to check or images to decode: tens to hundreds
+# of milliseconds of work, done on a worker thread so that the event loop (every other
+# request) does not wait for it.
+OFF_LOOP_BYTES = 16 << 10
+
+
+async def parse_large_body(
+    raw: bytes, *, max_tokens_limit: int, max_text_bytes: int | None = None
+) -> ChatCompletionBody:
+    """`parse_body`, on a worker thread when the body is large."""
+    parse = functools.partial(
+        parse_body, raw, max_tokens_limit=max_tokens_limit, max_text_bytes=max_text_bytes
+    )
+    return parse() if len(raw) < OFF_LOOP_BYTES else await asyncio.to_thread(parse)
 
 
 def parse_body(

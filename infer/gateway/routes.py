@@ -17,7 +17,7 @@ from infer.authentication import gateway_principal
 from infer.billing.money import format_usd
 from infer.completions.completion import Completion, answer_finish
 from infer.errors import InferError, UpstreamError
-from infer.gateway.body import ChatCompletionBody, parse_body
+from infer.gateway.body import ChatCompletionBody, parse_large_body
 from infer.gateway.errors import error_body, error_response
 from infer.gateway.stream import DEADLINE_LEAD_SECONDS, BuyerStream
 from infer.logs import request_id_of
@@ -38,7 +38,7 @@ async def chat_completions(request: Request) -> Response:
     headers = {"x-request-id": request_id}
     try:
         principal = await gateway_principal(request, resources)
-        body = parse_body(
+        body = await parse_large_body(
             await request.body(),
             max_tokens_limit=settings.max_tokens_limit,
             max_text_bytes=settings.max_body_bytes,
