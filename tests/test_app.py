@@ -68,7 +68,8 @@ async def test_an_unexpected_failure_under_the_api_is_an_openai_error_telling_no
     [
         ("GET", "/api/v1/chat/completions", 405, "method_not_allowed"),
         ("POST", "/api/v1/models", 405, "method_not_allowed"),
-        ("POST", "/api/v1/completions", 404, "unknown_url"),
+        ("GET", "/api/v1/completions", 405, "method_not_allowed"),
+        ("POST", "/api/v1/audio/speech", 404, "unknown_url"),
         ("GET", "/api/v2/models", 404, "unknown_url"),
     ],
 )
