@@ -241,7 +241,6 @@ class Completions:
         overlap; both must pass before any node is called, and a refused request gives
         its hold back.
         """
-        max_tokens = request.max_tokens or self.policy.default_max_tokens
         allowed = buyer.allowed_models
         if allowed is not None and request.model not in allowed:
             raise ModelNotAllowed(
@@ -249,6 +248,7 @@ class Completions:
                 f" {', '.join(sorted(allowed)) or 'no model'}.",
                 param="model",
             )
+        max_tokens = request.max_tokens or self.policy.default_max_tokens
         contents = request.prompt_texts()  # tools and tool calls are prompt too
         image_bound, image_typical = request.image_tokens()
         prompt_bound = estimate_prompt_tokens(contents) + image_bound
