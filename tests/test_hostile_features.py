@@ -273,3 +273,60 @@ async def test_deeply_nested_tool_call_arguments_from_a_node_are_a_clean_upstrea
         assert response.json()["error"]["code"] == "upstream_error"
         assert await market.balance("buyer@example.com") == before
     await market.assert_books_balance()
+
+
+@dataclass
+class UninvitedToolCall(FakeRuntime):
+    """A node that answers with a call of a function `f`, whatever the request offered."""
+
+    async def _events(self, request: dict[str, Any]) -> AsyncIterator[bytes]:
+        head = b'{"id":"c","object":"chat.completion.chunk","created":0,"model":"%s",' % (
+            MODEL.encode()
+        )
+        call = (
+            b'{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}'
+        )
+        yield b'data: %s"choices":[{"index":0,"delta":{"tool_calls":[%s]}}]}\n\n' % (head, call)
+        yield b'data: %s"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\n' % (
+            head
+        )
+        yield b"data: [DONE]\n\n"
+
+
+DECLARE_TOOLS = """mutation($id: ID!, $model: String!) {
+  setModelCapabilities(nodeId: $id, model: $model, capabilities: ["completion", "tools"]) { id }
+}"""
+
+
+@pytest.mark.parametrize("offered", [None, "g"], ids=["no-tools", "another-tool"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_node_calling_a_tool_the_request_did_not_offer_is_an_upstream_error(
+    inproc: tuple[AsgiMarket, Any], stream: bool, offered: str | None
+) -> None:
+    market, _ = inproc
+    with serve_in_thread(UninvitedToolCall(dialect="openai", models=(MODEL,))) as url:
+        node = await _add_node(market, url, "uninvited", runtime="OPENAI")
+        declared = await market.http.post(
+            "/graphql",
+            json={"query": DECLARE_TOOLS, "variables": {"id": node, "model": MODEL}},
+            headers={"Authorization": f"Bearer {market.operator_key}"},
+        )
+        assert "errors" not in declared.json(), declared.text
+        before = await market.balance("buyer@example.com")
+        body: dict[str, Any] = {
+            "model": MODEL,
+            "messages": MESSAGES,
+            "max_tokens": 64,
+            "stream": stream,
+        }
+        if offered:
+            body["tools"] = [{"type": "function", "function": {"name": offered}}]
+        response = await market.http.post(
+            "/api/v1/chat/completions", json=body, headers=_auth(market), timeout=60
+        )
+        # Seen in the node's first event: no node could answer, before any stream began.
+        assert response.status_code == 502, response.text[:300]
+        assert response.json()["error"]["code"] == "upstream_error"
+        assert "the node called a tool the request did not offer" in response.text
+        assert await market.balance("buyer@example.com") == before
+    await market.assert_books_balance()

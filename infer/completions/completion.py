@@ -62,6 +62,8 @@ class Completion:
         self.owner = owner
         self.buyer = buyer
         self.request = dataclasses.replace(request, max_tokens=max_tokens)
+        tools = () if isinstance(request, TextRequest) else request.tools
+        self._tool_names = frozenset(tool.name for tool in tools)
         self.request_id = request_id
         self.hold_id = hold_id
         self.account_id = account_id
@@ -102,6 +104,7 @@ class Completion:
             stream = client.stream_batches(dataclasses.replace(self.request, model=candidate.model))
             try:
                 first = await anext(stream)
+                self._only_offered_tools(first)  # before a byte: the next node may do better
             except (UpstreamError, StopAsyncIteration) as exc:
                 await state.release(
                     candidate.node_id, ok=False, ttft_ms=None, tokens_per_second=None
@@ -138,7 +141,16 @@ class Completion:
         async for batch in self._stream:
             yield self._count(batch)
 
+    def _only_offered_tools(self, batch: list[ChatChunk]) -> None:
+        """A call of a function the buyer never offered is the node's failure: their code
+        could not run it, or would run something it did not mean to."""
+        for chunk in batch:
+            for call in chunk.tool_calls:
+                if call.name is not None and call.name not in self._tool_names:
+                    raise UpstreamError("the node called a tool the request did not offer")
+
     def _count(self, batch: list[ChatChunk]) -> list[ChatChunk]:
+        self._only_offered_tools(batch)
         for chunk in batch:
             if chunk.content:
                 self.chunks_relayed += 1
