@@ -48,8 +48,10 @@ def cmd_node_agent(args: argparse.Namespace, settings: Settings) -> None:
         )
         line = StatusLine(sys.stdout)
         # A service manager stops the agent with SIGTERM: a clean exit, as Ctrl+C is
-        # (the console's link file removed, exit status 0).
+        # (the console's link file removed, exit status 0). And Ctrl+C stops it even when
+        # it was started with SIGINT ignored, as a shell starts background jobs.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             with _agent_console(args, agent, platform) as access:
                 work = functools.partial(
