@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -47,7 +48,11 @@ async def test_credits_grant_shows_in_me_balance(
     settings: Settings, graphql: GraphQLClient, tmp_path: Path
 ) -> None:
     await graphql(SIGN_UP, {"e": "ann@example.com", "p": "correct horse battery staple"})
-    done = _infer(settings, "credits", "grant", "Ann@Example.com", "12.50", cwd=tmp_path)
+    # On a worker thread: the app runs on this event loop, and a background task of it
+    # caught inside a write transaction would hold SQLite's lock until the loop ran again.
+    done = await asyncio.to_thread(
+        _infer, settings, "credits", "grant", "Ann@Example.com", "12.50", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert "balance is now 12.50 USD" in done.stdout
     body = await graphql("{ me { balance } }")
