@@ -74,7 +74,8 @@ def _id(completion: Completion) -> str:
     return f"chatcmpl-{completion.request_id}"
 
 
-def _usage(completion: Completion) -> dict[str, object]:
+def usage_of(completion: Completion) -> dict[str, object]:
+    """The answer's `usage`, as every completion route reports it."""
     usage = completion.usage
     assert usage is not None
     return {
@@ -86,7 +87,8 @@ def _usage(completion: Completion) -> dict[str, object]:
     }
 
 
-def _sse(payload: object) -> bytes:
+def sse_event(payload: object) -> bytes:
+    """One server-sent event carrying `payload` as JSON."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
@@ -103,7 +105,7 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
         }
 
     # Every content event after the first differs only in its text: encode the rest once.
-    head, _, tail = _sse(chunk({"content": ""}, None)).partition(b'"content":""')
+    head, _, tail = sse_event(chunk({"content": ""}, None)).partition(b'"content":""')
     head += b'"content":'
     status = UsageStatus.CLIENT_DISCONNECTED
     try:
@@ -118,7 +120,7 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
                 if piece.tool_calls or piece.logprobs is not None:
                     logprobs = piece.logprobs  # on the first of the piece's events
                     for delta in _deltas(piece, calls, first=not sent_role):
-                        events.append(_sse(_with_logprobs(chunk(delta, None), logprobs)))
+                        events.append(sse_event(_with_logprobs(chunk(delta, None), logprobs)))
                         sent_role, logprobs = True, None
                     continue
                 if not piece.content:
@@ -127,7 +129,7 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
                     events += (head, orjson.dumps(piece.content), tail)
                 else:
                     delta = {"role": "assistant", "content": piece.content}
-                    events.append(_sse(chunk(delta, None)))
+                    events.append(sse_event(chunk(delta, None)))
                     sent_role = True
             if events:
                 yield b"".join(events)
@@ -135,14 +137,14 @@ async def _events(completion: Completion, body: ChatCompletionBody) -> AsyncIter
         await completion.finish(status=status)
         last = chunk({}, answer_finish(finish or "stop", calls.made))
         if body.include_usage:
-            usage = {**chunk({}, None), "choices": [], "usage": _usage(completion)}
-            yield _sse(last) + _sse(usage) + b"data: [DONE]\n\n"
+            usage = {**chunk({}, None), "choices": [], "usage": usage_of(completion)}
+            yield sse_event(last) + sse_event(usage) + b"data: [DONE]\n\n"
         else:
-            yield _sse({**last, "usage": _usage(completion)}) + b"data: [DONE]\n\n"
+            yield sse_event({**last, "usage": usage_of(completion)}) + b"data: [DONE]\n\n"
     except UpstreamError as error:
         status = UsageStatus.UPSTREAM_ERROR
         await completion.finish(status=status)
-        yield _sse(error_body(error))
+        yield sse_event(error_body(error))
         yield b"data: [DONE]\n\n"
     finally:
         await completion.finish(status=status)
@@ -225,7 +227,7 @@ async def _whole(
         "created": int(time.time()),
         "model": body.model,
         "choices": [choice],
-        "usage": _usage(completion),
+        "usage": usage_of(completion),
     }
     return Response(orjson.dumps(payload), headers=headers, media_type="application/json")
 

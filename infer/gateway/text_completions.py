@@ -14,12 +14,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from infer.authentication import gateway_principal
-from infer.billing.money import format_usd
 from infer.completions.completion import Completion
 from infer.errors import BadInput, InferError, UpstreamError
 from infer.gateway.body import MAX_STOP, StreamOptions, Text
 from infer.gateway.errors import error_body, error_response
-from infer.gateway.routes import _unless_disconnected
+from infer.gateway.routes import _unless_disconnected, sse_event, usage_of
 from infer.gateway.stream import DEADLINE_LEAD_SECONDS, BuyerStream
 from infer.gateway.validation import refusal
 from infer.models import UsageStatus
@@ -140,22 +139,6 @@ async def completions(request: Request) -> Response:
     return await _whole(request, completion, body, headers)
 
 
-def _usage(completion: Completion) -> dict[str, object]:
-    usage = completion.usage
-    assert usage is not None
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "cost": format_usd(usage.cost),
-        "estimated": usage.estimated,
-    }
-
-
-def _sse(payload: object) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
 def _chunk(
     completion: Completion, body: CompletionBody, text: str, finish: str | None
 ) -> dict[str, object]:
@@ -177,7 +160,7 @@ async def _events(completion: Completion, body: CompletionBody) -> AsyncIterator
             for piece in batch:
                 finish = piece.finish_reason or finish
                 if piece.content:
-                    events.append(_sse(_chunk(completion, body, piece.content, None)))
+                    events.append(sse_event(_chunk(completion, body, piece.content, None)))
             if events:
                 yield b"".join(events)
         status = UsageStatus.COMPLETED
@@ -188,15 +171,15 @@ async def _events(completion: Completion, body: CompletionBody) -> AsyncIterator
             usage = {
                 **_chunk(completion, body, "", None),
                 "choices": [],
-                "usage": _usage(completion),
+                "usage": usage_of(completion),
             }
-            yield _sse(last) + _sse(usage) + b"data: [DONE]\n\n"
+            yield sse_event(last) + sse_event(usage) + b"data: [DONE]\n\n"
         else:
-            yield _sse({**last, "usage": _usage(completion)}) + b"data: [DONE]\n\n"
+            yield sse_event({**last, "usage": usage_of(completion)}) + b"data: [DONE]\n\n"
     except UpstreamError as error:
         status = UsageStatus.UPSTREAM_ERROR
         await completion.finish(status=status)
-        yield _sse(error_body(error)) + b"data: [DONE]\n\n"
+        yield sse_event(error_body(error)) + b"data: [DONE]\n\n"
     finally:
         await completion.finish(status=status)
 
@@ -226,7 +209,7 @@ async def _whole(
     if answer is None:
         return Response(status_code=499)
     text, finish = answer
-    payload = {**_chunk(completion, body, text, finish), "usage": _usage(completion)}
+    payload = {**_chunk(completion, body, text, finish), "usage": usage_of(completion)}
     return Response(orjson.dumps(payload), headers=headers, media_type="application/json")
 
 
