@@ -29,6 +29,7 @@ from infer.middleware import BodySizeLimit, SecurityHeaders
 from infer.resources import Resources
 from infer.schema.root import build_schema
 from infer.schema.view import GraphQLView
+from infer.tunnel.routes import routes as tunnel_routes
 from infer.web.edge import error_page, wants_page
 from infer.web.operations import Operations
 from infer.web.routes import routes as web_routes
@@ -102,6 +103,7 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         resources = Resources.open(settings)
         resources.start_background()
+        await resources.start_tunnels()
         if freeze_heap:
             freeze_startup_heap()
         try:
@@ -131,6 +133,7 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
         *gateway_routes,
         *embedding_routes,
         *text_completion_routes,
+        *tunnel_routes,
         *web_routes,
     ]
     middleware = [

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     health_retention_days: int = Field(default=8, ge=1)
     figures_interval: float = Field(default=60.0, gt=0)
     allow_private_endpoints: bool = False
+    # The replica hop (infer/tunnel/hop.py): where this process listens for calls meant for
+    # tunnels it holds, and the host other processes reach it at (default: the listen host).
+    replica_listen: str = Field(
+        default="127.0.0.1:0", pattern=r"^\[?[0-9A-Za-z.:-]*\]?:[0-9]{1,5}$"
+    )
+    replica_address: str | None = Field(default=None, max_length=253)
     platform_fee: Decimal = Field(default=Decimal("0.10"), ge=0, lt=1)
 
     secret_key: SecretStr | None = None

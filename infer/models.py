@@ -258,6 +258,19 @@ class Node(SQLModel, table=True):
     updated_at: datetime = _created()
 
 
+class NodeTunnel(SQLModel, table=True):
+    """Where a node's tunnel is connected now: which platform process holds it."""
+
+    __tablename__ = "node_tunnels"
+
+    node_id: uuid.UUID = Field(foreign_key="nodes.id", primary_key=True, ondelete="CASCADE")
+    session: uuid.UUID  # the connection; a newer one replaces the row, an older one's end keeps it
+    replica: str = Field(max_length=64)  # the process that holds the WebSocket
+    # How other processes reach that one for a request (its replica hop); null: they cannot.
+    replica_url: str | None = Field(default=None, max_length=300)
+    connected_at: datetime = _created()
+
+
 class NodeModel(SQLModel, table=True):
     __tablename__ = "node_models"
     __table_args__ = (sa.UniqueConstraint("node_id", "model"),)

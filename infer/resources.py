@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from infer.accounts.service import LoginPolicy
@@ -22,7 +23,7 @@ from infer.keys.service import KeyMaterial
 from infer.marketplace.figures import FiguresRollup
 from infer.metrics import Metrics
 from infer.nodes.clients.base import Deadlines
-from infer.nodes.http import create_http_client
+from infer.nodes.http import create_http_client, tunnel_calls
 from infer.nodes.monitor_thread import MonitorConfig, MonitorThread
 from infer.nodes.transport import NodeHTTP
 from infer.ratelimit import RateLimiter
@@ -31,6 +32,8 @@ from infer.routing.waiting import CapacityQueues, WakingState
 from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy
 from infer.security.tokens import SessionSigner
+from infer.tunnel.hop import HopServer, hop_app, hop_key
+from infer.tunnel.hub import Replica, TunnelHub
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,11 @@ class Resources:
     key_changes: KeyChanges
     figures: FiguresRollup
     metrics: Metrics
+    tunnels: TunnelHub
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _listener: asyncio.Task[None] | None = None
+    _hop: HopServer | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -89,6 +94,20 @@ class Resources:
         http = create_http_client(
             allow_private=settings.allow_private_endpoints, deadlines=deadlines
         )
+        # Tunnelled nodes: those whose agent connected here, and the way to the others.
+        key = hop_key(settings.secret("secret_key"))
+        tunnels = TunnelHub(
+            db, replica=Replica(uuid.uuid4().hex), on_change=router.catalog.invalidate
+        )
+        http.tunnels = tunnel_calls(db, hub=tunnels, key=key, deadlines=deadlines)
+        monitor = MonitorThread(
+            replace(
+                MonitorConfig.from_settings(settings, sweeping=settings.health_monitor == "thread"),
+                hub=tunnels,
+            ),
+            on_change=router.catalog.invalidate,
+        )
+        tunnels.check_now = lambda node_id: monitor.check_now(node_id, force=True)
         return cls(
             settings=settings,
             db=db,
@@ -106,10 +125,8 @@ class Resources:
             ),
             address_policy=policy,
             http=http,
-            monitor=MonitorThread(
-                MonitorConfig.from_settings(settings, sweeping=settings.health_monitor == "thread"),
-                on_change=router.catalog.invalidate,
-            ),
+            monitor=monitor,
+            tunnels=tunnels,
             router=router,
             figures=FiguresRollup(db, interval=settings.figures_interval),
             key_changes=KeyChanges.from_url(
@@ -158,6 +175,22 @@ class Resources:
         self._tasks.append(asyncio.create_task(self._refresh_figures_forever()))
         self._tasks.append(asyncio.create_task(self.completions.replay()))
         self._listener = asyncio.create_task(self.key_changes.listen_forever())
+
+    async def start_tunnels(self) -> None:
+        """Listen for replica hops: calls other processes send to the tunnels held here."""
+        host, _, port = self.settings.replica_listen.rpartition(":")
+        self._hop = HopServer(
+            hop_app(
+                self.tunnels,
+                key=hop_key(self.settings.secret("secret_key")),
+                total_timeout=self.settings.upstream_total_timeout,
+            ),
+            host=host.strip("[]"),
+            port=int(port),
+            advertise=self.settings.replica_address,
+        )
+        url = await self._hop.start()
+        self.tunnels.replica = Replica(self.tunnels.replica.id, url)
 
     async def _stopped_within(self, seconds: float) -> bool:
         """Wait this long, or less if the process is stopping; True if it is."""
@@ -210,6 +243,9 @@ class Resources:
                 await asyncio.wait_for(task, timeout=STOP_GRACE_SECONDS)
 
     async def close(self) -> None:
+        await self.tunnels.close_all()
+        if self._hop is not None:
+            await self._hop.stop()
         await self._stop_background()
         try:
             await self.completions.close()

@@ -18,9 +18,11 @@ from infer.config import Settings
 from infer.db import Database, create_engine
 from infer.nodes.clients.base import Deadlines
 from infer.nodes.history import DEFAULT_RAW_CHECKS, DEFAULT_RETENTION
-from infer.nodes.http import create_http_client
+from infer.nodes.http import create_http_client, tunnel_calls
 from infer.nodes.monitor import HealthMonitor
 from infer.security.crypto import Keyring
+from infer.tunnel.hop import hop_key
+from infer.tunnel.hub import TunnelHub
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ class MonitorConfig:
     raw_checks: int = DEFAULT_RAW_CHECKS
     retention: timedelta = DEFAULT_RETENTION
     sweeping: bool = True  # False: only registrations' checks (`infer monitor` sweeps)
+    # Tunnelled nodes: the serving loop's hub (None in a process of its own), and the key
+    # that signs replica hops to the process holding a tunnel.
+    hop_key: bytes | None = None
+    hub: TunnelHub | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, sweeping: bool) -> MonitorConfig:
@@ -64,6 +70,7 @@ class MonitorConfig:
             raw_checks=settings.health_raw_checks,
             retention=timedelta(days=settings.health_retention_days),
             sweeping=sweeping,
+            hop_key=hop_key(settings.secret("secret_key")),
         )
 
 
@@ -180,9 +187,14 @@ def open_monitor(config: MonitorConfig, *, on_change: Callable[[], None] | None)
             timeout=config.database_timeout,
         )
     )
+    http = create_http_client(allow_private=config.allow_private, deadlines=config.deadlines)
+    if config.hop_key is not None:
+        http.tunnels = tunnel_calls(
+            db, hub=config.hub, key=config.hop_key, deadlines=config.deadlines
+        )
     return HealthMonitor(
         db,
-        create_http_client(allow_private=config.allow_private, deadlines=config.deadlines),
+        http,
         interval=config.interval,
         keyring=config.keyring,
         deadlines=config.deadlines,

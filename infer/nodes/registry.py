@@ -23,6 +23,7 @@ from infer.nodes.clients.details import MAX_CONTEXT_LENGTH
 from infer.routing.capabilities import check_declared
 from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy, check_endpoint
+from infer.tunnel.hub import tunnel_endpoint
 from infer.security.text import check_model_name, check_name, refused_characters
 
 MAX_NODES_PER_OPERATOR = 100  # the default of INFER_MAX_NODES_PER_OPERATOR
@@ -43,11 +44,12 @@ class ModelPrice:
 class NodeRegistration:
     name: str
     runtime: Runtime
-    endpoint: str
+    endpoint: str | None  # None for a tunnel: the agent's WebSocket is the way in
     prices: tuple[ModelPrice, ...] = ()
     gpu: dict[str, Any] | None = None
     token: str | None = None
     capacity: int | None = None
+    tunnel: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ async def register_node(
     _check_capacity(registration.capacity)
     _check_gpu(registration.gpu)
     _check_prices(registration.prices)
-    endpoint = (await check_endpoint(registration.endpoint, policy)).url
+    endpoint = await _registered_endpoint(registration, policy)
     async with db.transaction() as session:
         node = (
             await session.exec(
@@ -180,9 +182,10 @@ async def register_node(
                 operator_id=principal.user_id,
                 name=name,
                 runtime=registration.runtime,
-                endpoint=endpoint,
+                endpoint=endpoint or "",
             )
-        elif node.endpoint != endpoint or node.runtime != registration.runtime:
+        endpoint = endpoint or tunnel_endpoint(node.id)
+        if not created and (node.endpoint != endpoint or node.runtime != registration.runtime):
             node.status = NodeStatus.PENDING
             node.status_reason = None
         node.runtime = registration.runtime
@@ -205,6 +208,17 @@ async def register_node(
             details={"runtime": node.runtime.value, "name": name},
         )
     return node
+
+
+async def _registered_endpoint(registration: NodeRegistration, policy: AddressPolicy) -> str | None:
+    """The checked public endpoint, or None for a node reached through its agent's tunnel."""
+    if registration.tunnel:
+        if registration.endpoint:
+            raise BadInput("a node reached through a tunnel has no endpoint", param="endpoint")
+        return None
+    if not registration.endpoint:
+        raise BadInput("give the runtime's endpoint, or register for a tunnel", param="endpoint")
+    return (await check_endpoint(registration.endpoint, policy)).url
 
 
 async def update_node(

@@ -27,6 +27,7 @@ import logging
 import ssl
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Protocol, Self
 
 from infer.errors import BadInput, UpstreamError, UpstreamTimeout
 from infer.nodes.connection import Connection, Target, parse_target, wait_until
@@ -37,6 +38,49 @@ MAX_IDLE_PER_ORIGIN = 100
 _FORBIDDEN_IN_HEADERS = str.maketrans("", "", "\r\n\0")
 
 log = logging.getLogger(__name__)
+
+
+class NodeResponse(Protocol):
+    """What every node answer offers: a direct node's `Response`, or a tunnelled node's."""
+
+    url: str
+    status: int
+    headers: Mapping[str, str]
+
+    @property
+    def is_success(self) -> bool: ...
+
+    @property
+    def is_redirect(self) -> bool: ...
+
+    async def read(self, until: float | None = None) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Tunnels(Protocol):
+    """Where `tunnel://` URLs go (infer/tunnel/calls.py): nodes reached through their agent."""
+
+    async def request(
+        self,
+        url: str,
+        *,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        until: float | None,
+    ) -> NodeResponse: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Response:
@@ -112,6 +156,7 @@ class NodeHTTP:
         self._idle: dict[tuple[str, str, int], collections.deque[Connection]] = {}
         self._busy: set[Connection] = set()
         self._ssl = ssl_context  # None: certifi's CAs, loaded at the first https node
+        self.tunnels: Tunnels | None = None  # set when the process can reach tunnelled nodes
 
     async def request(
         self,
@@ -121,12 +166,18 @@ class NodeHTTP:
         headers: Mapping[str, str] = {},
         body: bytes = b"",
         until: float | None = None,
-    ) -> Response:
+    ) -> NodeResponse:
         """Send one request; return once the response head has arrived.
 
         TimeoutError when `until` (loop time) passes first; UpstreamError when the node
         cannot be reached, refuses the protocol, or its address is not allowed.
         """
+        if url.startswith("tunnel://"):
+            if self.tunnels is None:
+                raise UpstreamError("the node is reached through a tunnel this process cannot use")
+            return await self.tunnels.request(
+                url, method=method, headers=headers, body=body, until=until
+            )
         target = parse_target(url)
         head = self._head(method, target, headers, len(body))
         conn = self._pooled((target.scheme, target.host, target.port))
@@ -253,6 +304,8 @@ class NodeHTTP:
         for conn in list(self._busy):
             conn.close()
         self._busy.clear()
+        if self.tunnels is not None:
+            await self.tunnels.aclose()
 
     async def __aenter__(self) -> NodeHTTP:
         return self

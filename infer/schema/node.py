@@ -20,6 +20,7 @@ from infer.routing import capabilities as abilities
 from infer.schema.context import Context
 from infer.schema.permissions import require_principal
 from infer.schema.scalars import Money
+from infer.tunnel.hub import is_tunnel
 
 Runtime = strawberry.enum(RuntimeValue, name="Runtime", description="The kind of LLM runtime.")
 NodeStatus = strawberry.enum(NodeStatusValue, name="NodeStatus")
@@ -108,7 +109,12 @@ class Node:
     id: strawberry.ID
     name: str
     runtime: Runtime  # type: ignore[valid-type]
-    endpoint: str
+    endpoint: str = strawberry.field(
+        description="Where the platform calls the runtime; `tunnel://<id>` for a tunnelled node."
+    )
+    tunnel: bool = strawberry.field(
+        description="Reached through its agent's outbound tunnel, not a public endpoint."
+    )
     status: NodeStatus = strawberry.field(  # type: ignore[valid-type]
         description="PAUSED while paused; otherwise what its health checks found."
     )
@@ -141,6 +147,7 @@ class Node:
             name=row.name,
             runtime=row.runtime,
             endpoint=row.endpoint,
+            tunnel=is_tunnel(row.endpoint),
             status=NodeStatusValue.PAUSED if row.paused else row.status,
             paused=row.paused,
             status_reason=row.status_reason,
@@ -165,8 +172,9 @@ class ModelPriceInput:
 class RegisterNodeInput:
     name: str
     runtime: Runtime  # type: ignore[valid-type]
-    endpoint: str = strawberry.field(
-        description="Base URL of the runtime, as the platform sees it."
+    endpoint: str | None = strawberry.field(
+        default=None,
+        description="Base URL of the runtime, as the platform sees it (not with `tunnel`).",
     )
     prices: list[ModelPriceInput] | None = None
     gpu: JSON | None = None
@@ -174,6 +182,11 @@ class RegisterNodeInput:
         default=None, description="A bearer token the runtime's proxy expects; never shown again."
     )
     capacity: int | None = strawberry.field(default=None, description="Concurrent requests.")
+    tunnel: bool = strawberry.field(
+        default=False,
+        description="Reached through its agent's outbound tunnel (`infer node agent --tunnel`); "
+        "no endpoint.",
+    )
 
 
 @strawberry.input
@@ -224,6 +237,7 @@ async def register_node(info: Info[Context, Any], input: RegisterNodeInput) -> N
             gpu=cast(dict[str, Any] | None, input.gpu),
             token=input.token,
             capacity=input.capacity,
+            tunnel=input.tunnel,
         ),
         policy=ctx.resources.address_policy,
         keyring=ctx.resources.key_material.keyring,

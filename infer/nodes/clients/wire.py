@@ -16,7 +16,7 @@ from infer.errors import BadInput, UpstreamError
 from infer.nodes.clients.base import RuntimeClient
 from infer.nodes.clients.clock import StreamClock
 from infer.nodes.clients.payloads import parse_json
-from infer.nodes.transport import Response
+from infer.nodes.transport import NodeResponse
 
 MAX_LINE_BYTES = 1 << 20  # one NDJSON line or one SSE event
 MAX_PROBE_BYTES = 4 << 20  # one health-check answer
@@ -43,7 +43,7 @@ def encode_json(body: dict[str, object]) -> bytes:
         raise BadInput("the request holds a number JSON cannot carry (NaN or Infinity)") from exc
 
 
-async def _check(response: Response, path: str, *, model: str | None = None) -> None:
+async def _check(response: NodeResponse, path: str, *, model: str | None = None) -> None:
     """Raise UpstreamError unless the response is a 2xx with an uncompressed body."""
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if response.is_success and encoding in ("", "identity"):
@@ -60,7 +60,7 @@ async def _check(response: Response, path: str, *, model: str | None = None) -> 
     raise UpstreamError("the node sent a compressed answer although none was asked for")
 
 
-async def _peek(response: Response) -> bytes:
+async def _peek(response: NodeResponse) -> bytes:
     """The start of a body, for the debug log; whatever goes wrong reading it is ignored."""
     with contextlib.suppress(TimeoutError, UpstreamError):
         return (await response.read(asyncio.get_running_loop().time() + 1.0))[:ERROR_PEEK_BYTES]
@@ -76,7 +76,7 @@ async def open_stream(
     clock: StreamClock,
     accept: str,
     model: str,
-) -> AsyncIterator[Response]:
+) -> AsyncIterator[NodeResponse]:
     """POST `body` as JSON; yield the response once it is a 2xx. Exiting closes it."""
     headers = request_headers(client, accept=accept)
     headers["Content-Type"] = "application/json"
@@ -98,7 +98,7 @@ async def open_stream(
 
 
 async def read_lines(
-    response: Response, clock: StreamClock, *, limit: int = MAX_LINE_BYTES
+    response: NodeResponse, clock: StreamClock, *, limit: int = MAX_LINE_BYTES
 ) -> AsyncGenerator[list[bytes], None]:
     """The body's lines without their line ends, in the groups one read delivered.
 
@@ -135,7 +135,7 @@ async def read_lines(
         yield [buffer.removesuffix(b"\r")]
 
 
-async def drain(response: Response) -> None:
+async def drain(response: NodeResponse) -> None:
     """Read the little that follows the last event, so the connection can be reused.
 
     Whatever goes wrong, or a body that goes on, just ends the attempt (the connection is
