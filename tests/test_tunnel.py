@@ -136,7 +136,8 @@ async def test_the_platform_greets_a_tunnel_with_its_limits(market: Market) -> N
         )
         rows = await tunnel_rows(market)
         assert [str(row.node_id) for row in rows] == [node_id]
-        assert rows[0].replica_url is not None and rows[0].replica_url.startswith("http://127.")
+        assert rows[0].replica_url is not None
+        assert rows[0].replica_url.startswith("http://127.")
 
 
 async def test_tunnels_without_a_valid_key_are_closed_with_the_reason(market: Market) -> None:

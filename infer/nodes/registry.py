@@ -23,8 +23,8 @@ from infer.nodes.clients.details import MAX_CONTEXT_LENGTH
 from infer.routing.capabilities import check_declared
 from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy, check_endpoint
-from infer.tunnel.hub import tunnel_endpoint
 from infer.security.text import check_model_name, check_name, refused_characters
+from infer.tunnel.hub import tunnel_endpoint
 
 MAX_NODES_PER_OPERATOR = 100  # the default of INFER_MAX_NODES_PER_OPERATOR
 MAX_PRICE_PER_MILLION = 1_000 * 1_000_000  # 1,000 USD per million tokens
