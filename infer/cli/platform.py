@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     from infer.app import create_app
     from infer.logs import configure_logging
+    from infer.tunnel.protocol import MAX_MESSAGE
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
@@ -47,6 +48,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         "proxy_headers": True,
         "server_header": False,
         "log_config": None,  # uvicorn's loggers go through ours (INFER_LOG_FORMAT)
+        "ws_max_size": MAX_MESSAGE,  # the only WebSockets are node tunnels: small messages
     }
     with _monitor_process(settings):
         if args.workers > 1:

@@ -163,7 +163,15 @@ class HopServer:
         """Listen; return the URL other processes reach this one's hop at."""
         self._config.load()
         self._server.lifespan = self._config.lifespan_class(self._config)
-        await self._server.startup()
+        # uvicorn announces every server it starts ("running on …, press CTRL+C"): for the
+        # hop that would read like a second public port. The URL is logged below instead.
+        announcer = logging.getLogger("uvicorn.error")
+        level = announcer.level
+        announcer.setLevel(logging.WARNING)
+        try:
+            await self._server.startup()
+        finally:
+            announcer.setLevel(level)
         sockets = self._server.servers[0].sockets
         port = sockets[0].getsockname()[1]
         host = self._advertise or self._config.host
@@ -171,6 +179,7 @@ class HopServer:
             host = "127.0.0.1"
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"
+        log.info("replica hop listening at %s", self.url)
         return self.url
 
     async def stop(self) -> None:
