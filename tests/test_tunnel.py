@@ -260,3 +260,36 @@ async def test_a_dropped_tunnel_takes_its_node_offline_at_once(market: Market) -
     assert node.status == NodeStatus.OFFLINE
     assert "tunnel" in (node.status_reason or "")
     assert await tunnel_rows(market) == []
+
+
+async def test_while_the_database_is_away_tunnels_are_refused_then_taken_and_dropped_ones_recorded(
+    settings: Settings, db: Database
+) -> None:
+    from test_outages import database_outage
+
+    async with database_outage(settings) as (outage_settings, cut, restore):
+        with serve_in_thread(create_app(outage_settings), lifespan="on") as url:
+            market = Market(url, db)
+            await market.setup(credits=0)
+            try:
+                node_id = await tunnel_node(market)
+                await cut()
+                code, reason = await refusal(market, node_id)
+                assert (code, reason) == (
+                    1011,
+                    "the platform cannot take tunnels now; try again later",
+                )
+                await restore()
+                async with agent(market, node_id) as ws:
+                    assert isinstance(protocol.decode(str(await ws.recv())), protocol.Hello)
+                    await cut()  # the tunnel drops while its end cannot be written down
+                await asyncio.sleep(0.5)
+                await restore()
+                for _ in range(400):  # written once the database is back (retried every 5 s)
+                    if not await tunnel_rows(market):
+                        break
+                    await asyncio.sleep(0.05)
+                assert await tunnel_rows(market) == []
+                assert (await node_row(market, node_id)).status == NodeStatus.OFFLINE
+            finally:
+                await market.close()

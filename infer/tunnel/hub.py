@@ -25,6 +25,8 @@ from infer.tunnel.session import Tunnel
 
 TUNNEL_SCHEME = "tunnel://"
 CLOSED_REASON = "the agent's tunnel closed"
+DETACH_RETRIES = 12
+DETACH_RETRY_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,18 @@ class TunnelHub:
         self.tunnels[tunnel.node_id] = tunnel
         if before is not None:
             before.close(protocol.CLOSE_REPLACED, "a newer tunnel of this node connected")
+        try:
+            await self._record(tunnel)
+        except BaseException:  # the database is away: the agent is refused and tries again
+            if self.tunnels.get(tunnel.node_id) is tunnel:
+                del self.tunnels[tunnel.node_id]
+            raise
+        log.info("tunnel of node %s connected", tunnel.node_id)
+        check = asyncio.create_task(self._check(tunnel.node_id))
+        self._checks.add(check)
+        check.add_done_callback(self._checks.discard)
+
+    async def _record(self, tunnel: Tunnel) -> None:
         now = utcnow()
         async with self.db.transaction() as session:
             await session.exec(
@@ -93,10 +107,6 @@ class TunnelHub:
             await session.exec(
                 sa.update(Node).where(col(Node.id) == tunnel.node_id).values(next_check_at=now)
             )
-        log.info("tunnel of node %s connected", tunnel.node_id)
-        check = asyncio.create_task(self._check(tunnel.node_id))
-        self._checks.add(check)
-        check.add_done_callback(self._checks.discard)
 
     async def _check(self, node_id: uuid.UUID) -> None:
         """A health check over the new tunnel now: the node is served without waiting a sweep."""
@@ -109,9 +119,29 @@ class TunnelHub:
         self.on_change()
 
     async def detach(self, tunnel: Tunnel) -> None:
-        """Forget `tunnel`; the node goes offline unless a newer tunnel holds it now."""
+        """Forget `tunnel`; the node goes offline unless a newer tunnel holds it now.
+
+        While the database is away the row stays (calls find no tunnel here and fail over)
+        and the write is tried again, for up to DETACH_RETRIES * DETACH_RETRY_SECONDS.
+        """
         if self.tunnels.get(tunnel.node_id) is tunnel:
             del self.tunnels[tunnel.node_id]
+        for attempt in range(DETACH_RETRIES):
+            try:
+                await self._forget(tunnel)
+                break
+            except Exception:
+                if attempt == DETACH_RETRIES - 1:
+                    log.exception("could not record that node %s's tunnel closed", tunnel.node_id)
+                    break
+                log.warning(
+                    "could not record that node %s's tunnel closed; retrying", tunnel.node_id
+                )
+                await asyncio.sleep(DETACH_RETRY_SECONDS)
+        log.info("tunnel of node %s closed: %s", tunnel.node_id, tunnel.close_reason)
+        self.on_change()
+
+    async def _forget(self, tunnel: Tunnel) -> None:
         async with self.db.transaction() as session:
             await session.exec(
                 sa.delete(NodeTunnel).where(
@@ -133,8 +163,6 @@ class TunnelHub:
                     updated_at=utcnow(),
                 )
             )
-        log.info("tunnel of node %s closed: %s", tunnel.node_id, tunnel.close_reason)
-        self.on_change()
 
     async def close_all(self) -> None:
         """At shutdown: end every tunnel (their agents reconnect to another process)."""

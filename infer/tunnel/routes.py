@@ -27,6 +27,7 @@ from infer.tunnel.protocol import ProtocolError
 from infer.tunnel.session import Tunnel
 
 KEY_RECHECK = 30.0
+UNAVAILABLE = "the platform cannot take tunnels now; try again later"
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ async def node_tunnel(websocket: WebSocket) -> None:
     except Refused as refused:
         await websocket.close(code=refused.code, reason=refused.reason)
         return
+    except Exception:  # the database is away: the agent tries again after its backoff
+        log.warning("could not admit a tunnel", exc_info=True)
+        await websocket.close(code=1011, reason=UNAVAILABLE)
+        return
     hub = resources.tunnels
 
     async def send(message: str | bytes) -> None:
@@ -82,7 +87,12 @@ async def node_tunnel(websocket: WebSocket) -> None:
             await websocket.send_bytes(message)
 
     tunnel = Tunnel(node_id, send)
-    await hub.attach(tunnel)
+    try:
+        await hub.attach(tunnel)
+    except Exception:
+        log.warning("could not attach node %s's tunnel", node_id, exc_info=True)
+        await websocket.close(code=1011, reason=UNAVAILABLE)
+        return
     await websocket.send_text(tunnel.hello())  # after the attach: the node is reachable now
     tasks = [
         asyncio.create_task(tunnel.write_forever()),
