@@ -13,12 +13,19 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
+from infer.agent.detect import DetectedRuntime, Detection, Host
+from infer.agent.gpu import GpuInfo
+from infer.agent.loop import Agent
+from infer.agent.platform import RegisteredNode
+from infer.agent.register import Registration, RegistrationOptions, build_registration
 from infer.agent.tunnel import Backoff, TunnelClient, TunnelState, tunnel_url
+from infer.cli.main import main
 from infer.simulator import SimulatorConfig, serve_simulator_in_thread
 from infer.tunnel import protocol
 from infer.tunnel.protocol import Credit, Head, Hello, Open, Signal
@@ -463,8 +470,82 @@ async def test_a_platform_that_never_answers_is_retried_with_backoff(simulator: 
 
 
 def test_state_describes_itself_in_one_line() -> None:
-    assert TunnelState("connected", streams=2, served=7).describe() == (
-        "tunnel connected (2 open, 7 served)"
-    )
-    assert "attempt 3, next try in 4 s" in TunnelState("connecting", 3, 4.2).describe()
+    connected = TunnelState("connected", streams=2, served=7)
+    assert connected.describe() == "tunnel connected"
+    assert connected.describe(counts=True) == "tunnel connected (2 open, 7 served)"
+    waiting = TunnelState("connecting", 3, 4.2, "closed with 1001")
+    assert waiting.describe() == "tunnel connecting (attempt 3): closed with 1001"
+    assert "attempt 3, next try in 4 s" in waiting.describe(counts=True)
     assert TunnelState("refused", reason="key revoked").describe() == "tunnel refused: key revoked"
+
+
+@pytest.mark.parametrize("command", ["agent", "join", "register"])
+def test_tunnel_with_an_endpoint_is_refused(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["node", command, "--platform", "http://127.0.0.1:9", "--tunnel"]
+    args += ["--endpoint", "https://node.example.com", "--config", str(tmp_path / "node.json")]
+    args += ["--code", "ABCD"] if command == "join" else ["--api-key", "inf_key"]
+    assert main(args) == 1
+    assert "--tunnel and --endpoint exclude each other" in capsys.readouterr().err
+
+
+def test_a_tunnel_registration_sends_no_endpoint(simulator: str) -> None:
+    detection = Detection(
+        runtimes=(DetectedRuntime("ollama", simulator, "0.5", ("llama3.2:1b",)),),
+        gpu=GpuInfo(vendor="cpu", memory_bytes=1 << 34, cpu_count=8),
+        host=Host("box", "linux", "x86_64", 8, 1 << 34),
+    )
+    tunnelled = build_registration(detection, RegistrationOptions(tunnel=True))
+    node = tunnelled.variables()["input"]
+    assert node["tunnel"] is True
+    assert "endpoint" not in node
+    assert tunnelled.endpoint == simulator  # kept on the box: what the tunnel calls
+    direct = build_registration(detection, RegistrationOptions()).variables()["input"]
+    assert direct["endpoint"] == simulator
+    assert "tunnel" not in direct
+
+
+async def test_the_agent_opens_the_tunnel_once_registered_and_closes_it(
+    platform: FakePlatform, simulator: str
+) -> None:
+    registration_detection = Detection(
+        runtimes=(DetectedRuntime("ollama", simulator, "0.5", ("llama3.2:1b",)),),
+        gpu=GpuInfo(vendor="cpu", memory_bytes=1 << 34, cpu_count=8),
+        host=Host("box", "linux", "x86_64", 8, 1 << 34),
+    )
+    opened: list[tuple[str, str]] = []
+
+    def open_tunnel(node_id: str, runtime_url: str) -> TunnelClient:
+        opened.append((node_id, runtime_url))
+        return TunnelClient(
+            platform=platform.url, node_id=node_id, node_key=NODE_KEY, runtime_url=runtime_url
+        )
+
+    class Registrar:
+        def register_node(self, registration: Registration) -> RegisteredNode:
+            assert registration.variables()["input"]["tunnel"] is True
+            return RegisteredNode(id=NODE, status="online", status_reason=None)
+
+        def confirm_node(self, node_id: str) -> None:
+            pass
+
+    looped = Agent(
+        detect=lambda: registration_detection,
+        platform=Registrar(),
+        options=RegistrationOptions(tunnel=True),
+        open_tunnel=open_tunnel,
+    )
+    first = await asyncio.to_thread(looped.step)
+    assert first.state == "online"
+    assert first.detail.endswith("· tunnel connecting (attempt 1)")
+    ws = await platform.next()
+    await greet(ws)
+    assert looped.tunnel is not None
+    await eventually(lambda: looped.tunnel is not None and "connected" in looped.tunnel.describe())
+    second = await asyncio.to_thread(looped.step)
+    assert second.detail.endswith("· tunnel connected")
+    assert opened == [(NODE, simulator)]  # one tunnel across rounds
+    await asyncio.to_thread(looped.close)
+    await asyncio.wait_for(ws.wait_closed(), 10)
+    assert looped.tunnel is None

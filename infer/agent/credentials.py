@@ -35,6 +35,7 @@ class NodeCredentials:
     name: str | None = None
     runtime: str | None = None
     endpoint: str | None = None
+    tunnel: bool = False  # joined with --tunnel: the agent connects out
 
     def with_node(self, node_id: str) -> NodeCredentials:
         """The same, knowing one more registered node."""
@@ -61,6 +62,7 @@ class NodeCredentials:
             name=_text(data.get("name")),
             runtime=_text(data.get("runtime")),
             endpoint=_text(data.get("endpoint")),
+            tunnel=data.get("tunnel") is True,
         )
 
 

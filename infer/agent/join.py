@@ -62,6 +62,7 @@ def join(
         name=registration.name,
         runtime=options.runtime,
         endpoint=options.endpoint,
+        tunnel=options.tunnel,
     )
     credentials.save(path, stored)
     try:

@@ -29,6 +29,16 @@ class Registrar(Protocol):
     def confirm_node(self, node_id: str) -> None: ...
 
 
+class Tunnel(Protocol):
+    """The node's tunnel (infer/agent/tunnel.py's TunnelClient), run beside the rounds."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+    def describe(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     """The agent's state after one round; `synced_at` is the last successful round."""
@@ -102,6 +112,7 @@ class Agent:
         platform: Registrar,
         options: RegistrationOptions,
         clock: Callable[[], datetime] = _now,
+        open_tunnel: Callable[[str, str], Tunnel] | None = None,
     ) -> None:
         self.detect = detect
         self.platform = platform
@@ -114,6 +125,10 @@ class Agent:
         self.detection: Detection | None = None
         self.status: Status | None = None
         self.stopped = threading.Event()
+        # With --tunnel: (node id, runtime URL) → a started tunnel, once the node has an id.
+        self.open_tunnel = open_tunnel
+        self.tunnel: Tunnel | None = None
+        self._tunnel_for: tuple[str, str] | None = None
         # The console registers from its own thread: one round at a time.
         self._lock = threading.RLock()
 
@@ -155,6 +170,24 @@ class Agent:
         """Ends `run` at its next pause (the tray's Quit, the console's shutdown)."""
         self.stopped.set()
 
+    def close(self) -> None:
+        """Closes the tunnel, if one is open (the agent is exiting)."""
+        if self.tunnel is not None:
+            self.tunnel.stop()
+            self.tunnel, self._tunnel_for = None, None
+
+    def _keep_tunnel(self, registration: Registration) -> str:
+        """Opens the tunnel for the registered node (again, if the node or runtime changed)."""
+        if self.open_tunnel is None or self.node is None:
+            return ""
+        wanted = (self.node.id, registration.endpoint)
+        if self._tunnel_for != wanted:
+            self.close()
+            self.tunnel, self._tunnel_for = self.open_tunnel(*wanted), wanted
+            self.tunnel.start()
+        assert self.tunnel is not None
+        return f"  · {self.tunnel.describe()}"
+
     def _round(self) -> Status:
         try:
             self.detection = self.detect()
@@ -185,7 +218,8 @@ class Agent:
                     raise
                 return Status("error", exc.message, self.synced_at)
         self.synced_at = self.clock()
-        return Status("online", describe(registration, self.node), self.synced_at)
+        tunnel = self._keep_tunnel(registration)
+        return Status("online", describe(registration, self.node) + tunnel, self.synced_at)
 
     def run(
         self,

@@ -59,6 +59,7 @@ class RegistrationOptions:
     endpoint: str | None = None
     prices: tuple[ModelPrice, ...] = ()
     default_price: tuple[str, str] | None = None
+    tunnel: bool = False  # reached through the agent's tunnel: no endpoint is registered
 
     @classmethod
     def parse(
@@ -69,6 +70,7 @@ class RegistrationOptions:
         endpoint: str | None = None,
         prices: Iterable[str] = (),
         default_price: str | None = None,
+        tunnel: bool = False,
     ) -> RegistrationOptions:
         """The options as given on the command line; bad values raise BadInput."""
         return cls(
@@ -77,6 +79,7 @@ class RegistrationOptions:
             endpoint=_endpoint(endpoint) if endpoint else None,
             prices=tuple(parse_price(price) for price in prices),
             default_price=parse_amounts(default_price) if default_price else None,
+            tunnel=tunnel,
         )
 
 
@@ -91,15 +94,17 @@ class Registration:
     prices: tuple[ModelPrice, ...]
     gpu: GpuInfo
     server: ServerKind | None = None  # which server it is (vllm, …); not sent
+    tunnel: bool = False  # `endpoint` is then the runtime's local URL, for the tunnel only
 
     def variables(self) -> dict[str, Any]:
         """The mutation's variables; without prices the platform keeps the ones it has."""
-        node: dict[str, Any] = {
-            "name": self.name,
-            "runtime": self.runtime.upper(),
-            "endpoint": self.endpoint,
-            "gpu": self.gpu.to_json(),
-        }
+        node: dict[str, Any] = {"name": self.name, "runtime": self.runtime.upper()}
+        if self.tunnel:
+            # The platform reaches the node through its tunnel: the local URL stays here.
+            node["tunnel"] = True
+        else:
+            node["endpoint"] = self.endpoint
+        node["gpu"] = self.gpu.to_json()
         if self.prices:
             node["prices"] = [price.to_json() for price in self.prices]
         return {"input": node}
@@ -189,6 +194,7 @@ def build_registration(detection: Detection, options: RegistrationOptions) -> Re
         prices=tuple(sorted(prices.values(), key=lambda price: price.model)),
         gpu=detection.gpu,
         server=runtime.kind,
+        tunnel=options.tunnel,
     )
 
 

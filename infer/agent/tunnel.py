@@ -75,11 +75,13 @@ class TunnelState:
     streams: int = 0
     served: int = 0
 
-    def describe(self) -> str:
+    def describe(self, *, counts: bool = False) -> str:
+        """One line; without `counts` it changes only with the state (the status line's log)."""
         if self.state == "connected":
-            return f"tunnel connected ({self.streams} open, {self.served} served)"
+            served = f" ({self.streams} open, {self.served} served)" if counts else ""
+            return f"tunnel connected{served}"
         if self.state == "connecting":
-            wait = f", next try in {self.retry_in:.0f} s" if self.retry_in is not None else ""
+            wait = f", next try in {self.retry_in:.0f} s" if counts and self.retry_in else ""
             why = f": {self.reason}" if self.reason else ""
             return f"tunnel connecting (attempt {self.attempt}{wait}){why}"
         return f"tunnel {self.state}" + (f": {self.reason}" if self.reason else "")
@@ -125,7 +127,7 @@ class TunnelClient:
         self.open_timeout = open_timeout
         self.runtime_timeout = runtime_timeout
         self.draw = draw
-        self._state = TunnelState()
+        self._state = TunnelState(attempt=1)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -136,6 +138,9 @@ class TunnelClient:
     def state(self) -> TunnelState:
         with self._lock:
             return self._state
+
+    def describe(self) -> str:
+        return self.state.describe()
 
     def _update(self, **changes: object) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from infer.agent.console.access import Access
     from infer.agent.loop import Agent
     from infer.agent.platform import PlatformClient
+    from infer.agent.tunnel import TunnelClient
 
 
 def cmd_node_agent(args: argparse.Namespace, settings: Settings) -> None:
@@ -39,12 +40,14 @@ def cmd_node_agent(args: argparse.Namespace, settings: Settings) -> None:
         raise CommandError("--tray shows the console's status: it cannot go with --no-console")
     options = _registration_options(args)
     _quiet_http()
-    with PlatformClient(*_connection(args)) as platform:
+    platform_url, key = _connection(args)
+    with PlatformClient(platform_url, key) as platform:
         _warn_about(args, platform.url, options)
         agent = Agent(
             detect=lambda: _detect(args),
             platform=platform,
             options=options,
+            open_tunnel=_tunnel_opener(platform_url, key) if options.tunnel else None,
         )
         line = StatusLine(sys.stdout)
         # A service manager stops the agent with SIGTERM: a clean exit, as Ctrl+C is
@@ -61,7 +64,20 @@ def cmd_node_agent(args: argparse.Namespace, settings: Settings) -> None:
         except KeyboardInterrupt:
             pass  # Ctrl+C is how an operator stops the agent: a clean exit
         finally:
+            agent.close()
             line.close()
+
+
+def _tunnel_opener(platform_url: str, key: str) -> Callable[[str, str], TunnelClient]:
+    """Makes the node's tunnel once the agent knows the node's id and its runtime's URL."""
+    from infer.agent.tunnel import TunnelClient
+
+    def open_tunnel(node_id: str, runtime_url: str) -> TunnelClient:
+        return TunnelClient(
+            platform=platform_url, node_id=node_id, node_key=key, runtime_url=runtime_url
+        )
+
+    return open_tunnel
 
 
 @contextlib.contextmanager

@@ -125,7 +125,8 @@ def _warn_about(
             f"infer: warning: {graphql_url} is plain http; the API key travels unencrypted",
             file=sys.stderr,
         )
-    if (options.endpoint if options is not None else args.endpoint) is None:
+    tunnel = options.tunnel if options is not None else getattr(args, "tunnel", False)
+    if not tunnel and (options.endpoint if options is not None else args.endpoint) is None:
         print(
             "infer: note: without --endpoint, the runtime's local address is registered; "
             "the platform must be able to reach it",
@@ -147,13 +148,31 @@ def _registration_options(args: argparse.Namespace) -> RegistrationOptions:
     _, stored = _stored(args)
     if stored is not None and args.platform and not _same_platform(stored.platform, args.platform):
         stored = None
+    _check_tunnel(args)
+    # An --endpoint given now overrides a stored --tunnel, and --tunnel a stored endpoint.
+    tunnel = getattr(args, "tunnel", False) or (
+        not args.endpoint and stored is not None and stored.tunnel
+    )
     return RegistrationOptions.parse(
         name=args.name or (stored.name if stored else None),
         runtime=args.runtime or (stored.runtime if stored else None),
-        endpoint=args.endpoint or (stored.endpoint if stored else None),
+        endpoint=args.endpoint or (stored.endpoint if stored and not tunnel else None),
         prices=args.price or (),
         default_price=args.default_price,
+        tunnel=tunnel,
     )
+
+
+def _check_tunnel(args: argparse.Namespace) -> None:
+    if getattr(args, "tunnel", False) and args.endpoint:
+        raise CommandError(
+            "--tunnel and --endpoint exclude each other: through a tunnel the platform "
+            "needs no endpoint"
+        )
+
+
+def _where(registration_tunnel: bool, endpoint: str) -> str:
+    return "reached through its tunnel" if registration_tunnel else f"at {endpoint}"
 
 
 def cmd_node_register(args: argparse.Namespace, settings: Settings) -> None:
@@ -172,8 +191,9 @@ def cmd_node_register(args: argparse.Namespace, settings: Settings) -> None:
         credentials.save(path, stored.with_node(node.id))  # for `infer node status`
     reason = f" ({node.status_reason})" if node.status_reason else ""
     print(
-        f"registered {registration.runtime} node '{registration.name}' at "
-        f"{registration.endpoint} (id {node.id}): {node.status}{reason}"
+        f"registered {registration.runtime} node '{registration.name}' "
+        f"{_where(registration.tunnel, registration.endpoint)} (id {node.id}): "
+        f"{node.status}{reason}"
     )
     print(f"models: {', '.join(registration.models) or 'none yet'}")
 
@@ -201,7 +221,8 @@ def cmd_node_join(args: argparse.Namespace, settings: Settings) -> None:
     print(f"joined {joined.stored.platform}; the node key is in {path}")
     print(
         f"registered {registration.server or registration.runtime} node '{registration.name}' "
-        f"at {registration.endpoint} (id {node.id}): {node.status}{reason}"
+        f"{_where(registration.tunnel, registration.endpoint)} (id {node.id}): "
+        f"{node.status}{reason}"
     )
     print(f"models: {', '.join(registration.models) or 'none yet'}")
     print("next: `infer node agent` keeps it current (`infer node service install` runs it)")
@@ -210,12 +231,14 @@ def cmd_node_join(args: argparse.Namespace, settings: Settings) -> None:
 def _registration_options_given(args: argparse.Namespace) -> RegistrationOptions:
     from infer.agent.register import RegistrationOptions
 
+    _check_tunnel(args)
     return RegistrationOptions.parse(
         name=args.name,
         runtime=args.runtime,
         endpoint=args.endpoint,
         prices=args.price or (),
         default_price=args.default_price,
+        tunnel=args.tunnel,
     )
 
 

@@ -65,6 +65,12 @@ def add_node_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
     choosing = argparse.ArgumentParser(add_help=False, parents=[probes])
     choosing.add_argument("--endpoint", help="the URL the platform reaches the runtime at")
+    choosing.add_argument(
+        "--tunnel",
+        action="store_true",
+        help="no public endpoint: the agent connects out and the platform's requests come "
+        "through that connection (not with --endpoint)",
+    )
     choosing.add_argument("--name", help="the node's name (default: HOSTNAME-RUNTIME)")
     choosing.add_argument(
         "--runtime", help="ollama, exo, llama.cpp, vllm, lmstudio or openai, when several run"
