@@ -374,6 +374,23 @@ async def test_opens_beyond_max_streams_are_refused_and_the_first_served(
         assert served[3].last == Signal("end", 3)
 
 
+async def test_a_platform_cannot_raise_the_agents_own_stream_limit(
+    platform: FakePlatform, simulator: str
+) -> None:
+    async with agent(platform, simulator):
+        ws = await platform.next()
+        await greet(ws, max_streams=1 << 16)
+        # Bodies never come: every stream stays open, and the agent's own limit holds.
+        opened = [2 * n + 1 for n in range(protocol.MAX_STREAMS + 8)]
+        for stream in opened:
+            await send_open(ws, stream, "/api/chat", length=len(CHAT))
+        beyond = set(opened[protocol.MAX_STREAMS :])
+        refused = await collect(ws, beyond)
+        assert {refused[s].last for s in beyond} == {
+            Signal("error", s, "too many streams") for s in beyond
+        }
+
+
 async def test_a_reused_stream_id_is_refused_and_body_for_it_ignored(
     platform: FakePlatform, simulator: str
 ) -> None:

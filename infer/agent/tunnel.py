@@ -172,7 +172,11 @@ class TunnelClient:
             self._loop, self._task = asyncio.get_running_loop(), task
         try:
             async with httpx.AsyncClient(
-                trust_env=False, follow_redirects=False, timeout=self.runtime_timeout
+                trust_env=False,
+                follow_redirects=False,
+                timeout=self.runtime_timeout,
+                # One connection per stream the tunnel may carry (httpx's default is 100).
+                limits=httpx.Limits(max_connections=protocol.MAX_STREAMS),
             ) as http:
                 await self._keep_connected(http)
         except asyncio.CancelledError:
@@ -282,7 +286,12 @@ class _Session:
             raise ProtocolError("the first message was not a hello")
         if hello.version != protocol.VERSION or hello.node != self.client.node_id:
             raise ProtocolError("the hello names another version or node")
-        return hello
+        # The platform's limits, within the agent's own: a platform cannot make it take more.
+        return replace(
+            hello,
+            max_streams=min(hello.max_streams, protocol.MAX_STREAMS),
+            max_body=min(hello.max_body, protocol.MAX_BODY),
+        )
 
     async def _control(self, message: protocol.Message) -> None:
         match message:
