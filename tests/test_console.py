@@ -251,3 +251,20 @@ def test_the_default_port_gives_way_but_a_chosen_one_does_not() -> None:
         second.close()
     finally:
         first.close()
+
+
+class _ConnectedTunnel:
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 0) -> None: ...
+
+    def describe(self) -> str:
+        return "tunnel connected"
+
+
+def test_the_console_shows_the_tunnel_as_it_is_now(served: Served) -> None:
+    with served.browser() as client:
+        assert "data-tunnel" not in client.get("/").text  # no --tunnel: no line about one
+        served.agent.tunnel = _ConnectedTunnel()
+        page = client.get("/").text
+    assert "Now: tunnel connected" in page

@@ -75,6 +75,8 @@ class Console:
             "rows": rows_for(models, self.agent.options),
             "button": button,
             "agent_status": status,
+            # Live, where the status's own mention of it is as old as the last round.
+            "tunnel": self.agent.tunnel.describe() if self.agent.tunnel is not None else None,
             "node": state,
             "registered": self.agent.node is not None,
             "problem": problem,
