@@ -566,3 +566,67 @@ async def test_the_agent_opens_the_tunnel_once_registered_and_closes_it(
     await asyncio.to_thread(looped.close)
     await asyncio.wait_for(ws.wait_closed(), 10)
     assert looped.tunnel is None
+
+
+@contextlib.asynccontextmanager
+async def scripted_runtime(answer: bytes, *, then_hang: bool = False) -> AsyncIterator[str]:
+    """A loopback runtime that sends `answer` raw, then closes (or hangs while the test runs)."""
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        if then_hang:
+            await done.wait()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        done.set()
+        server.close()
+
+
+def free_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+BROKEN = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncontent-length: 1000\r\n\r\n"
+    b'{"message":'
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unreachable", "the runtime could not be reached"),
+        ("broken", "the runtime's answer broke off"),
+        ("silent", "the runtime did not answer in time"),
+    ],
+)
+async def test_a_runtime_failure_is_one_line_on_its_stream(
+    platform: FakePlatform, case: str, message: str
+) -> None:
+    from infer.agent.tunnel import RuntimeDeadlines
+
+    quick = RuntimeDeadlines(connect=2.0, answer=0.5)
+    async with contextlib.AsyncExitStack() as stack:
+        if case == "unreachable":
+            runtime = free_url()
+        else:
+            runtime = await stack.enter_async_context(
+                scripted_runtime(BROKEN if case == "broken" else b"", then_hang=case == "silent")
+            )
+        await stack.enter_async_context(agent(platform, runtime, runtime_deadlines=quick))
+        ws = await platform.next()
+        await greet(ws)
+        await send_open(ws, 1, "/api/chat", CHAT)
+        outcome = (await collect(ws, {1}))[1]
+    assert outcome.last == Signal("error", 1, message)
+    assert (outcome.head is not None) == (case == "broken")

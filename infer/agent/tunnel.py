@@ -24,16 +24,18 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import quote
 
-import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from infer import __version__
 from infer.agent.platform import graphql_url
+from infer.errors import UpstreamError, UpstreamTimeout
+from infer.nodes.transport import NodeHTTP
+from infer.security.outbound import AddressPolicy
 from infer.tunnel import protocol
 from infer.tunnel.protocol import Credit, Hello, Open, ProtocolError, Signal
 
 LOG = logging.getLogger("infer.agent.tunnel")
-RUNTIME_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=5.0)
 _PERMANENT_STATUSES = {401: "the key was refused", 403: "the key may not open this tunnel"}
 _REFUSALS = {
     protocol.CLOSE_UNAUTHORIZED: "the platform refused the key",
@@ -48,6 +50,15 @@ def tunnel_url(platform: str, node_id: str) -> str:
     scheme, rest = base.split("://", 1)
     scheme = "wss" if scheme == "https" else "ws"
     return f"{scheme}://{rest}/api/v1/nodes/{quote(node_id, safe='')}/tunnel"
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeDeadlines:
+    """Seconds the runtime has to accept a connection, and to send its answer's head or
+    its next bytes (a model loading, a long prompt)."""
+
+    connect: float = 5.0
+    answer: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +126,7 @@ class TunnelClient:
         runtime_token: str | None = None,
         backoff: Backoff | None = None,
         open_timeout: float = 10.0,
-        runtime_timeout: httpx.Timeout = RUNTIME_TIMEOUT,
+        runtime_deadlines: RuntimeDeadlines = RuntimeDeadlines(),
         draw: Callable[[], float] = random.random,
     ) -> None:
         self.url = tunnel_url(platform, node_id)
@@ -125,7 +136,7 @@ class TunnelClient:
         self.runtime_token = runtime_token
         self.backoff = backoff or Backoff()
         self.open_timeout = open_timeout
-        self.runtime_timeout = runtime_timeout
+        self.runtime_deadlines = runtime_deadlines
         self.draw = draw
         self._state = TunnelState(attempt=1)
         self._lock = threading.Lock()
@@ -171,12 +182,13 @@ class TunnelClient:
                 return
             self._loop, self._task = asyncio.get_running_loop(), task
         try:
-            async with httpx.AsyncClient(
-                trust_env=False,
-                follow_redirects=False,
-                timeout=self.runtime_timeout,
-                # One connection per stream the tunnel may carry (httpx's default is 100).
-                limits=httpx.Limits(max_connections=protocol.MAX_STREAMS),
+            # The platform's own lean client for runtimes (infer/nodes/transport.py): no
+            # proxies, no redirects, deadlines per read; httpx cost ~4x its CPU per call.
+            # The runtime is the operator's own, on loopback or their network: allowed.
+            async with NodeHTTP(
+                policy=AddressPolicy(allow_private=True),
+                connect_timeout=self.runtime_deadlines.connect,
+                user_agent=f"infer-agent/{__version__}",
             ) as http:
                 await self._keep_connected(http)
         except asyncio.CancelledError:
@@ -187,7 +199,7 @@ class TunnelClient:
             if self.state.state != "refused":
                 self._update(state="stopped", retry_in=None, streams=0)
 
-    async def _keep_connected(self, http: httpx.AsyncClient) -> None:
+    async def _keep_connected(self, http: NodeHTTP) -> None:
         failures = 0
         while True:
             self._update(state="connecting", attempt=failures + 1, retry_in=None)
@@ -208,7 +220,7 @@ class TunnelClient:
             )
             await asyncio.sleep(delay)
 
-    async def _connect_once(self, http: httpx.AsyncClient) -> str:
+    async def _connect_once(self, http: NodeHTTP) -> str:
         """One connection, served until it ends; why it ended. Raises _Refused for good."""
         try:
             async with connect(
@@ -216,6 +228,7 @@ class TunnelClient:
                 subprotocols=[protocol.SUBPROTOCOL],  # type: ignore[list-item]
                 additional_headers={"Authorization": f"Bearer {self.node_key}"},
                 max_size=protocol.MAX_MESSAGE,
+                compression=None,  # tokens in small frames: deflate costs more than it saves
                 open_timeout=self.open_timeout,
                 ping_interval=20,
                 ping_timeout=20,
@@ -242,7 +255,7 @@ class TunnelClient:
 class _Session:
     """One connection's streams: reads the platform's frames, runs one task per stream."""
 
-    def __init__(self, client: TunnelClient, ws: ClientConnection, http: httpx.AsyncClient) -> None:
+    def __init__(self, client: TunnelClient, ws: ClientConnection, http: NodeHTTP) -> None:
         self.client = client
         self.ws = ws
         self.http = http
@@ -361,21 +374,28 @@ class _Session:
         headers = protocol.kept_headers(request.headers, protocol.REQUEST_HEADERS)
         if client.runtime_token:
             headers["authorization"] = f"Bearer {client.runtime_token}"
+        loop, patience = asyncio.get_running_loop(), client.runtime_deadlines.answer
+        began = False
         try:
-            async with self.http.stream(
+            answer = await self.http.request(
                 request.method,
                 client.runtime_url + request.path,
                 headers=headers,
-                content=bytes(stream.body),
-            ) as answer:
+                body=bytes(stream.body),
+                until=loop.time() + patience,
+            )
+            async with answer:  # left early (a cancel): the connection is closed, not reused
                 kept = protocol.kept_headers(answer.headers, protocol.ANSWER_HEADERS)
-                await self._send(protocol.Head(request.id, answer.status_code, kept))
-                async for data in answer.aiter_bytes():
+                await self._send(protocol.Head(request.id, answer.status, kept))
+                began = True
+                while data := await answer.read(loop.time() + patience):
                     await self._relay(stream, data)
             await self._send(Signal("end", request.id))
             client._update(served=client.state.served + 1)
-        except httpx.HTTPError as exc:
-            await self._fail(request.id, _runtime_failure(exc))
+        except (TimeoutError, UpstreamTimeout):
+            await self._fail(request.id, "the runtime did not answer in time")
+        except UpstreamError:
+            await self._fail(request.id, _runtime_failure(began=began))
         except ConnectionClosed:
             pass  # the tunnel is gone: the session's end cancels the rest
         finally:
@@ -400,10 +420,6 @@ class _Session:
             await self._send(Signal("error", stream_id, message))
 
 
-def _runtime_failure(exc: httpx.HTTPError) -> str:
+def _runtime_failure(*, began: bool) -> str:
     """One line for the platform: what went wrong, never the runtime's internals."""
-    if isinstance(exc, httpx.TimeoutException):
-        return "the runtime did not answer in time"
-    if isinstance(exc, httpx.ConnectError):
-        return "the runtime could not be reached"
-    return "the runtime's answer broke off"
+    return "the runtime's answer broke off" if began else "the runtime could not be reached"

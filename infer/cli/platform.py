@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         "server_header": False,
         "log_config": None,  # uvicorn's loggers go through ours (INFER_LOG_FORMAT)
         "ws_max_size": MAX_MESSAGE,  # the only WebSockets are node tunnels: small messages
+        "ws_per_message_deflate": False,  # their token frames cost more to deflate than they save
     }
     with _monitor_process(settings):
         if args.workers > 1:
