@@ -25,6 +25,7 @@ from infer.tunnel.session import Tunnel
 
 TUNNEL_SCHEME = "tunnel://"
 CLOSED_REASON = "the agent's tunnel closed"
+CHECKING_REASON = "the agent's tunnel connected; checking the runtime through it"
 DETACH_RETRIES = 12
 DETACH_RETRY_SECONDS = 5.0
 
@@ -106,6 +107,18 @@ class TunnelHub:
             )
             await session.exec(
                 sa.update(Node).where(col(Node.id) == tunnel.node_id).values(next_check_at=now)
+            )
+            # Offline because its tunnel was down (every such reason names the tunnel): one
+            # good check over the new one serves it again. A node offline for failed checks
+            # of its runtime still needs two (infer/nodes/health.py).
+            await session.exec(
+                sa.update(Node)
+                .where(
+                    col(Node.id) == tunnel.node_id,
+                    col(Node.status) == NodeStatus.OFFLINE,
+                    col(Node.status_reason).contains("tunnel"),
+                )
+                .values(status=NodeStatus.PENDING, status_reason=CHECKING_REASON)
             )
 
     async def _check(self, node_id: uuid.UUID) -> None:
