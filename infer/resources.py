@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,7 @@ from infer.routing.waiting import CapacityQueues, WakingState
 from infer.security.crypto import Keyring
 from infer.security.outbound import AddressPolicy
 from infer.security.tokens import SessionSigner
-from infer.tunnel.hop import HopServer, hop_app, hop_key
+from infer.tunnel.hop import HopServer, evict, hop_app, hop_key
 from infer.tunnel.hub import Replica, TunnelHub
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class Resources:
         tunnels = TunnelHub(
             db, replica=Replica(uuid.uuid4().hex), on_change=router.catalog.invalidate
         )
-        http.tunnels = tunnel_calls(db, hub=tunnels, key=key, deadlines=deadlines)
+        calls = http.tunnels = tunnel_calls(db, hub=tunnels, key=key, deadlines=deadlines)
+        if calls.hop is not None:
+            tunnels.evict = functools.partial(evict, calls.hop)
         monitor = MonitorThread(
             replace(
                 MonitorConfig.from_settings(settings, sweeping=settings.health_monitor == "thread"),

@@ -299,3 +299,79 @@ async def test_while_the_database_is_away_tunnels_are_refused_then_taken_and_dro
                 assert (await node_row(market, node_id)).status == NodeStatus.OFFLINE
             finally:
                 await market.close()
+
+
+async def test_a_tunnel_that_moves_to_another_process_is_closed_on_the_first(
+    settings: Settings, market: Market
+) -> None:
+    """The agent reconnected elsewhere before the first process noticed its connection drop."""
+    node_id = await tunnel_node(market)
+    with serve_in_thread(create_app(settings), lifespan="on") as other_url:
+        other = Market(other_url, market.db)
+        other.operator_key = market.operator_key
+        try:
+            async with agent(market, node_id) as old:
+                await old.recv()
+                [first] = await tunnel_rows(market)
+                async with agent(other, node_id) as new:
+                    assert isinstance(protocol.decode(str(await new.recv())), protocol.Hello)
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await asyncio.wait_for(drained(old), 10)
+                    assert closed.value.rcvd is not None
+                    assert closed.value.rcvd.code == protocol.CLOSE_REPLACED
+                    [row] = await tunnel_rows(market)  # the other process holds it now
+                    assert (row.replica, row.session) != (first.replica, first.session)
+        finally:
+            await other.close()
+
+
+async def test_the_replica_hop_refuses_what_is_not_signed(market: Market) -> None:
+    import hashlib
+    import time
+
+    import httpx
+
+    node_id = await tunnel_node(market)
+    async with agent(market, node_id) as ws:
+        await ws.recv()
+        [row] = await tunnel_rows(market)
+        assert row.replica_url is not None
+        stamp = str(int(time.time()))
+        fields = {
+            "x-infer-hop-node": node_id,
+            "x-infer-hop-method": "GET",
+            "x-infer-hop-path": "/api/tags",
+            "x-infer-hop-time": stamp,
+        }
+        forged = hashlib.sha256(b"not the key").hexdigest()
+        async with httpx.AsyncClient(base_url=row.replica_url) as hop:
+            unsigned = await hop.post("/tunnel-hop", headers=fields)
+            wrong = await hop.post(
+                "/tunnel-hop", headers=fields | {"x-infer-hop-signature": forged}
+            )
+            stale = await hop.post(
+                "/tunnel-hop",
+                headers=fields | {"x-infer-hop-time": "1", "x-infer-hop-signature": forged},
+            )
+            junk = await hop.post("/tunnel-hop", headers={"x-infer-hop-node": "x"})
+            elsewhere = await hop.get("/api/v1/models")
+        for answer in (unsigned, wrong, stale):
+            assert answer.status_code == 403
+            assert answer.headers["x-infer-hop-error"] == "the hop's signature is not valid"
+        assert junk.status_code == 400
+        assert elsewhere.status_code == 404  # the hop's listener serves the hop and nothing else
+        await ws.ping()  # the tunnel never saw any of it
+
+
+async def test_the_replica_hop_listener_leaves_the_public_servers_access_log_on(
+    settings: Settings,
+) -> None:
+    import logging
+
+    from conftest import started
+
+    access = logging.getLogger("uvicorn.access")
+    access.propagate = True  # as `infer serve` leaves it (other tests' servers turn it off)
+    async with started(settings) as (_, resources):
+        assert resources.tunnels.replica.url is not None  # the hop's listener is up
+        assert access.propagate, "starting the hop's listener silenced the access log"

@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -32,12 +33,15 @@ from starlette.routing import Route
 
 from infer.errors import UpstreamError
 from infer.nodes.transport import NodeHTTP, NodeResponse
+from infer.tunnel import protocol
 from infer.tunnel.hub import TunnelHub
 from infer.tunnel.protocol import MAX_BODY, METHODS, path_allowed
 
 HOP_PATH = "/tunnel-hop"
 CLOCK_SKEW = 60  # seconds a signed hop stays valid
 HOP_ERROR = "x-infer-hop-error"
+EVICT_SECONDS = 5.0
+CLOSE = "CLOSE"  # a hop's method that asks the holder to close a tunnel superseded elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,18 @@ class HopClient:
         return answer
 
 
+async def evict(client: HopClient, owner_url: str, node_id: uuid.UUID, session: uuid.UUID) -> None:
+    """Ask the process at `owner_url` to close the node's tunnel `session` (a newer one is here)."""
+    try:
+        until = asyncio.get_running_loop().time() + EVICT_SECONDS
+        answer = await client.request(
+            owner_url, node_id, CLOSE, f"/{session}", headers={}, body=b"", until=until
+        )
+        await answer.aclose()
+    except Exception:  # gone already, or unreachable: its tunnel dies with its pings
+        log.info("could not ask %s to close node %s's old tunnel", owner_url, node_id)
+
+
 def _refused(status: int, reason: str) -> Response:
     return Response(status_code=status, headers={HOP_ERROR: reason})
 
@@ -108,15 +124,25 @@ def hop_app(hub: TunnelHub, *, key: bytes, total_timeout: float) -> Starlette:
             fresh = abs(time.time() - int(stamp)) <= CLOCK_SKEW
         except ValueError:
             return _refused(400, "a malformed hop")
-        length = int(fields.get("content-length") or 0)
-        if length > MAX_BODY or method not in METHODS or not path_allowed(path):
-            return _refused(400, "a hop this process does not relay")
-        body = await request.body()
-        expected = _signature(key, stamp, node, method, path, body)
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > MAX_BODY:
+                return _refused(413, "a hop's body is larger than a tunnel carries")
+        expected = _signature(key, stamp, node, method, path, bytes(body))
         given = fields.get("x-infer-hop-signature", "")
         if not fresh or not hmac.compare_digest(expected, given):
             log.warning("replica hop refused: bad or stale signature")
             return _refused(403, "the hop's signature is not valid")
+        if method == CLOSE:
+            held = hub.tunnels.get(node_id)
+            if held is not None and path == f"/{held.session}":
+                held.close(
+                    protocol.CLOSE_REPLACED, "a newer tunnel of this node connected elsewhere"
+                )
+            return Response(status_code=204)
+        if method not in METHODS or not path_allowed(path):
+            return _refused(400, "a hop this process does not relay")
         tunnel = hub.local(node_id)
         if tunnel is None:
             return _refused(421, "the node's tunnel is not connected")
@@ -124,7 +150,12 @@ def hop_app(hub: TunnelHub, *, key: bytes, total_timeout: float) -> Starlette:
         headers = {"content-type": fields["content-type"]} if "content-type" in fields else {}
         try:
             answer = await tunnel.request(
-                method, path, headers=headers, body=body, until=until, url=f"hop:{node}{path}"
+                method,
+                path,
+                headers=headers,
+                body=bytes(body),
+                until=until,
+                url=f"hop:{node}{path}",
             )
         except UpstreamError as exc:
             return _refused(502, exc.message)
@@ -152,9 +183,9 @@ class HopServer:
     def __init__(self, app: Starlette, *, host: str, port: int, advertise: str | None) -> None:
         import uvicorn
 
-        self._config = uvicorn.Config(
-            app, host=host, port=port, lifespan="off", log_config=None, access_log=False
-        )
+        # log_config=None and the default access_log: uvicorn's Config sets its loggers up
+        # globally, and access_log=False would silence the public server's access log too.
+        self._config = uvicorn.Config(app, host=host, port=port, lifespan="off", log_config=None)
         self._server = uvicorn.Server(self._config)
         self._advertise = advertise
         self.url: str | None = None
@@ -175,8 +206,10 @@ class HopServer:
         sockets = self._server.servers[0].sockets
         port = sockets[0].getsockname()[1]
         host = self._advertise or self._config.host
-        if host in ("0.0.0.0", "::", ""):  # noqa: S104 (a wildcard listen: reached on loopback)
-            host = "127.0.0.1"
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104
+            # Listening on every interface, for other machines: they reach this one by its
+            # name (a container's name resolves on its network; INFER_REPLICA_ADDRESS else).
+            host = socket.gethostname()
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"
         log.info("replica hop listening at %s", self.url)

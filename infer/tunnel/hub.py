@@ -67,6 +67,8 @@ class TunnelHub:
         self.tunnels: dict[uuid.UUID, Tunnel] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._checks: set[asyncio.Task[None]] = set()
+        # Closes a node's older tunnel held by another process: (its URL, node, session).
+        self.evict: Callable[[str, uuid.UUID, uuid.UUID], Awaitable[None]] | None = None
 
     def local(self, node_id: uuid.UUID) -> Tunnel | None:
         tunnel = self.tunnels.get(node_id)
@@ -80,22 +82,36 @@ class TunnelHub:
         if before is not None:
             before.close(protocol.CLOSE_REPLACED, "a newer tunnel of this node connected")
         try:
-            await self._record(tunnel)
+            before_elsewhere = await self._record(tunnel)
         except BaseException:  # the database is away: the agent is refused and tries again
             if self.tunnels.get(tunnel.node_id) is tunnel:
                 del self.tunnels[tunnel.node_id]
             raise
         log.info("tunnel of node %s connected", tunnel.node_id)
-        check = asyncio.create_task(self._check(tunnel.node_id))
-        self._checks.add(check)
-        check.add_done_callback(self._checks.discard)
+        self._spawn(self._check(tunnel.node_id))
+        if before_elsewhere is not None and self.evict is not None:
+            # The agent reconnected here while that process still holds its old connection
+            # (it has not noticed the drop): it would send requests into a dead tunnel.
+            url, old_session = before_elsewhere
+            self._spawn(self.evict(url, tunnel.node_id, old_session))
 
-    async def _record(self, tunnel: Tunnel) -> None:
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _record(self, tunnel: Tunnel) -> tuple[str, uuid.UUID] | None:
+        """Write this process down as the node's way in; where the row it replaced pointed
+        (URL and session) if that was another process's."""
         now = utcnow()
+        elsewhere: tuple[str, uuid.UUID] | None = None
         async with self.db.transaction() as session:
-            await session.exec(
-                sa.delete(NodeTunnel).where(col(NodeTunnel.node_id) == tunnel.node_id)
-            )
+            before = await session.get(NodeTunnel, tunnel.node_id)
+            if before is not None and before.replica != self.replica.id and before.replica_url:
+                elsewhere = (before.replica_url, before.session)
+            if before is not None:
+                await session.delete(before)
+                await session.flush()
             session.add(
                 NodeTunnel(
                     node_id=tunnel.node_id,
@@ -120,6 +136,7 @@ class TunnelHub:
                 )
                 .values(status=NodeStatus.PENDING, status_reason=CHECKING_REASON)
             )
+        return elsewhere
 
     async def _check(self, node_id: uuid.UUID) -> None:
         """A health check over the new tunnel now: the node is served without waiting a sweep."""
