@@ -40,31 +40,39 @@ _FORBIDDEN_IN_HEADERS = str.maketrans("", "", "\r\n\0")
 log = logging.getLogger(__name__)
 
 
-class NodeResponse(Protocol):
-    """What every node answer offers: a direct node's `Response`, or a tunnelled node's."""
+class NodeResponse:
+    """A node's answer, read the same whether the node was called directly (`Response`)
+    or through its agent's tunnel (infer/tunnel/): status and headers now, then the body."""
 
     url: str
     status: int
     headers: Mapping[str, str]
 
     @property
-    def is_success(self) -> bool: ...
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
 
     @property
-    def is_redirect(self) -> bool: ...
+    def is_redirect(self) -> bool:
+        return False
 
-    async def read(self, until: float | None = None) -> bytes: ...
+    async def read(self, until: float | None = None) -> bytes:
+        """The body bytes that arrived since the last read (waiting if none); b"" at the end."""
+        raise NotImplementedError
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        raise NotImplementedError
 
-    async def __aenter__(self) -> Self: ...
+    async def __aenter__(self) -> Self:
+        return self
 
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None: ...
+    ) -> None:
+        await self.aclose()
 
 
 class Tunnels(Protocol):
@@ -83,8 +91,8 @@ class Tunnels(Protocol):
     async def aclose(self) -> None: ...
 
 
-class Response:
-    """A node's answer: status and headers now, the body as it arrives."""
+class Response(NodeResponse):
+    """A directly called node's answer, on one of the pool's connections."""
 
     def __init__(self, pool: NodeHTTP, connection: Connection, url: str) -> None:
         self._pool = pool
@@ -94,15 +102,10 @@ class Response:
         self.headers: Mapping[str, str] = connection.headers
 
     @property
-    def is_success(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
     def is_redirect(self) -> bool:
         return self.status in (301, 302, 303, 307, 308) and "location" in self.headers
 
     async def read(self, until: float | None = None) -> bytes:
-        """The body bytes that arrived since the last read (waiting if none); b"" at the end."""
         conn = self._connection
         if conn is None:
             return b""
@@ -124,17 +127,6 @@ class Response:
         conn, self._connection = self._connection, None
         if conn is not None and not self._pool.release(conn):
             await conn.shut()
-
-    async def __aenter__(self) -> Response:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class NodeHTTP:

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 
 from sqlmodel import select
 
@@ -33,10 +32,8 @@ WHOLE_ANSWER_LIMIT = 8 << 20
 NOT_CONNECTED = "the node's tunnel is not connected"
 
 
-class WholeResponse:
+class WholeResponse(NodeResponse):
     """An answer fetched whole on another loop, read like any other node answer."""
-
-    is_redirect = False
 
     def __init__(self, status: int, headers: Mapping[str, str], body: bytes, url: str) -> None:
         self.status = status
@@ -44,27 +41,12 @@ class WholeResponse:
         self.url = url
         self._body: bytes | None = body
 
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.status < 300
-
     async def read(self, until: float | None = None) -> bytes:
         body, self._body = self._body, None
         return body or b""
 
     async def aclose(self) -> None:
         self._body = None
-
-    async def __aenter__(self) -> WholeResponse:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,10 @@ import collections
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
 
 from infer.errors import UpstreamError
 from infer.nodes.connection import wait_until
+from infer.nodes.transport import NodeResponse
 from infer.tunnel import protocol
 from infer.tunnel.protocol import Credit, Head, Open, ProtocolError, Signal
 
@@ -229,10 +229,8 @@ class Tunnel:
             self.cancel(stream_id)
 
 
-class TunnelResponse:
+class TunnelResponse(NodeResponse):
     """A tunnelled node's answer: the same reading interface as a direct node's `Response`."""
-
-    is_redirect = False
 
     def __init__(self, tunnel: Tunnel, stream_id: int, stream: _Stream, url: str) -> None:
         assert stream.head is not None
@@ -242,10 +240,6 @@ class TunnelResponse:
         self.url = url
         self.status = stream.head.status
         self.headers: Mapping[str, str] = stream.head.headers
-
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.status < 300
 
     async def read(self, until: float | None = None) -> bytes:
         """The answer bytes that arrived since the last read (waiting if none); b"" at the end."""
@@ -273,14 +267,3 @@ class TunnelResponse:
         stream, self._stream = self._stream, None
         if stream is not None and not stream.ended:
             self._tunnel.cancel(self._id)
-
-    async def __aenter__(self) -> TunnelResponse:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
