@@ -269,3 +269,24 @@ async def test_marking_notifications_read_lowers_the_header_count(
     after = await dashboard.get("/notifications")
     assert " unread" not in after.text
     assert "All read." in after
+
+
+async def test_a_tunnelled_node_is_shown_reached_through_its_agent(dashboard: Dashboard) -> None:
+    await dashboard.sign_up("op@example.com")
+    registered = await dashboard.http.post(
+        "/graphql",
+        json={
+            "query": "mutation($i: RegisterNodeInput!) { registerNode(input: $i) { id } }",
+            "variables": {"i": {"name": "home", "runtime": "OLLAMA", "tunnel": True}},
+        },
+        headers={"origin": "http://127.0.0.1:8000"},
+    )
+    node_id = registered.json()["data"]["registerNode"]["id"]
+    listed, shown = await dashboard.get("/nodes"), await dashboard.get(f"/nodes/{node_id}")
+    assert "agent's tunnel" in listed
+    assert "through its agent's tunnel" in shown
+    assert "tunnel://" not in listed.html + shown.html  # the internal address stays inside
+    assert "--tunnel" in listed  # how an operator behind NAT joins
+    saved = await dashboard.post(f"/nodes/{node_id}/settings", {"name": "home", "endpoint": ""})
+    assert saved.status == 303, saved.text  # saving other settings keeps the tunnel
+    assert "through its agent's tunnel" in await dashboard.get(f"/nodes/{node_id}")
