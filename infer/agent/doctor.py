@@ -155,8 +155,12 @@ def _health(client: PlatformClient, setup: Setup) -> list[Check]:
             when = f"{check.checked_at:%H:%M:%S %Z}"
             checks.append(Check(name, "pass", f"the platform's last check ({when}) passed"))
         else:
-            fix = "the platform must reach the endpoint you registered: check --endpoint, "
-            fix += "the firewall and port forwarding"
+            if "tunnel" in (check.error or ""):
+                fix = "keep `infer node agent --tunnel` running here: it holds the node's "
+                fix += "tunnel (its status line says whether it is connected)"
+            else:
+                fix = "the platform must reach the endpoint you registered: check --endpoint, "
+                fix += "the firewall and port forwarding"
             detail = f"the platform's last check failed: {check.error or 'no reason given'}"
             checks.append(Check(name, "fail", detail, fix))
         if node.paused:

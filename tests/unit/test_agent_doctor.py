@@ -109,6 +109,24 @@ def test_a_failed_health_check_fails_and_says_where_to_look() -> None:
     )
 
 
+def test_a_tunnelled_node_without_its_tunnel_is_told_to_run_the_agent() -> None:
+    failing = NODE | {
+        "status": "OFFLINE",
+        "healthChecks": [
+            {
+                "checkedAt": NOW.isoformat(),
+                "ok": False,
+                "error": "the node's tunnel is not connected",
+            }
+        ],
+    }
+    [*_, health] = run(node=failing)
+    assert health.render().endswith(
+        "    fix: keep `infer node agent --tunnel` running here: it holds the node's tunnel "
+        "(its status line says whether it is connected)"
+    )
+
+
 def test_no_key_and_no_platform_fail_without_asking_anyone() -> None:
     detection = Detection(runtimes=(), gpu=CPU, host=HOST, probed=("http://127.0.0.1:11434",))
     setup = Setup(config_path=Path("/h/node.json"), key_source=None)
