@@ -335,6 +335,10 @@ class _Session:
             refusal = "too many streams"
         elif request.length > hello.max_body:
             refusal = f"request body over {hello.max_body} bytes"
+        elif request.length + self._awaited() > hello.max_body:
+            # The platform sends each body right after its open: bodies awaited on several
+            # streams at once would only let it make the agent hold 128 of them.
+            refusal = f"request bodies awaited over {hello.max_body} bytes"
         elif not protocol.path_allowed(request.path):
             refusal = "path refused: the agent calls its own runtime's API paths only"
         else:
@@ -348,6 +352,10 @@ class _Session:
         if request.length == 0:
             self._begin(stream)
         self._count()
+
+    def _awaited(self) -> int:
+        """Body bytes declared by streams whose call has not begun."""
+        return sum(s.open.length for s in self.streams.values() if s.task is None)
 
     def _body(self, stream_id: int, payload: bytes) -> None:
         stream = self.streams.get(stream_id)

@@ -42,11 +42,12 @@ MAX_BODY = 32 << 20  # request body bytes of one stream
 MAX_HEADERS = 16
 METHODS = frozenset({"GET", "POST"})
 # Paths the runtime APIs use: no scheme, host, query, `..`, `//`, `@` or escapes, so a
-# path joined to the runtime's base URL cannot leave that origin.
-PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)+$|^/$")
+# path joined to the runtime's base URL cannot leave that origin. These patterns are used
+# with fullmatch: `$` alone would let a trailing line break through.
+PATH = re.compile(r"(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)+|/")
 MAX_PATH = 256
-HEADER_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
-HEADER_VALUE = re.compile(r"^[\x20-\x7e]{0,1024}$")
+HEADER_NAME = re.compile(r"[a-z0-9-]{1,64}")
+HEADER_VALUE = re.compile(r"[\x20-\x7e]{0,1024}")
 # Headers that cross the tunnel; everything else is dropped by the sender and the receiver.
 REQUEST_HEADERS = frozenset({"content-type", "accept"})
 ANSWER_HEADERS = frozenset({"content-type"})
@@ -204,7 +205,7 @@ def decode(text: str) -> Message:
 
 def path_allowed(path: str) -> bool:
     """Whether `path` stays on the runtime's origin (see PATH) and is not `.`-only."""
-    if len(path) > MAX_PATH or not PATH.match(path):
+    if len(path) > MAX_PATH or not PATH.fullmatch(path):
         return False
     return all(segment not in (".", "..") for segment in path.split("/"))
 
@@ -237,7 +238,7 @@ def kept_headers(headers: dict[str, str] | Any, allowed: frozenset[str]) -> dict
     return {
         name.lower(): str(value)
         for name, value in dict(headers).items()
-        if name.lower() in allowed and HEADER_VALUE.match(str(value))
+        if name.lower() in allowed and HEADER_VALUE.fullmatch(str(value))
     }
 
 
@@ -262,9 +263,9 @@ def _headers(value: object) -> dict[str, str]:
         raise ProtocolError(f"'headers' must be an object of at most {MAX_HEADERS} names")
     headers: dict[str, str] = {}
     for name, text in value.items():
-        if not HEADER_NAME.match(name) or not isinstance(text, str):
+        if not HEADER_NAME.fullmatch(name) or not isinstance(text, str):
             raise ProtocolError("a header name or value is malformed")
-        if not HEADER_VALUE.match(text):
+        if not HEADER_VALUE.fullmatch(text):
             raise ProtocolError("a header value holds characters HTTP cannot carry")
         headers[name] = text
     return headers

@@ -26,6 +26,10 @@ from infer.tunnel import protocol
 from infer.tunnel.protocol import Credit, Head, Open, ProtocolError, Signal
 
 SEND_TIMEOUT = 15.0  # seconds a write to the agent may wait for room before the tunnel ends
+# Bytes queued for the agent and not yet written: past this, new requests fail over. An
+# agent that reads just fast enough to dodge SEND_TIMEOUT would otherwise have the bodies
+# of requests cancelled meanwhile pile up here, since a cancel frees a stream slot at once.
+OUTBOX_LIMIT = protocol.MAX_BODY
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ class Tunnel:
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.queued_bytes = 0  # in the outbox, not yet taken by the writer
         self.closed = asyncio.Event()
         self.close_code = protocol.CLOSE_GOING_AWAY
         self.close_reason = ""
@@ -101,6 +106,7 @@ class Tunnel:
         """Send what the streams queue, in order; ends the tunnel if the agent stops reading."""
         while not self.closed.is_set():
             message = await self._outbox.get()
+            self.queued_bytes -= len(message)
             if self.closed.is_set():
                 return
             try:
@@ -121,7 +127,9 @@ class Tunnel:
                     return  # answered after we cancelled it
                 if stream.head is not None:
                     return self._reset(message.id, "the node sent a second answer head")
-                stream.head = message
+                # The receiver's side of the filter: nothing the protocol does not carry.
+                kept = protocol.kept_headers(message.headers, protocol.ANSWER_HEADERS)
+                stream.head = Head(message.id, message.status, kept)
                 stream.wake()
             case Signal(kind="end"):
                 stream = self._streams.get(message.id)
@@ -173,14 +181,16 @@ class Tunnel:
             raise UpstreamError("this request cannot be sent through a tunnel")
         if len(body) > protocol.MAX_BODY:
             raise UpstreamError("the request is too large for the node's tunnel")
+        if self.queued_bytes + len(body) > OUTBOX_LIMIT:
+            raise UpstreamError("the node's tunnel is backed up: its agent is not reading")
         stream_id = self._next_id
         self._next_id += 2
         stream = self._streams[stream_id] = _Stream()
         kept = protocol.kept_headers(headers, protocol.REQUEST_HEADERS)
         opening = Open(stream_id, method, path, kept, len(body))
-        self._outbox.put_nowait(protocol.encode(opening))
+        self._queue(protocol.encode(opening))
         for piece in protocol.pieces(body):
-            self._outbox.put_nowait(protocol.chunk(stream_id, piece))
+            self._queue(protocol.chunk(stream_id, piece))
         try:
             while stream.head is None:
                 if stream.error is not None:
@@ -199,14 +209,14 @@ class Tunnel:
         """Forget a stream; tell the agent to stop its call if it may still be running."""
         stream = self._streams.pop(stream_id, None)
         if stream is not None and not self.closed.is_set():
-            self._outbox.put_nowait(protocol.encode(Signal("cancel", stream_id)))
+            self._queue(protocol.encode(Signal("cancel", stream_id)))
 
     def credit(self, stream_id: int, stream: _Stream, taken: int) -> None:
         """The reader took `taken` bytes: give the agent room again, a quarter window at a time."""
         stream.buffered -= taken
         stream.taken += taken
         if stream.taken >= self.window // 4 and stream_id in self._streams:
-            self._outbox.put_nowait(protocol.encode(Credit(stream_id, stream.taken)))
+            self._queue(protocol.encode(Credit(stream_id, stream.taken)))
             stream.taken = 0
 
     def close(self, code: int, reason: str) -> None:
@@ -220,6 +230,10 @@ class Tunnel:
             stream.fail(error)
         self._streams.clear()
         self._outbox.put_nowait("")  # wakes the writer so that it ends
+
+    def _queue(self, message: Outgoing) -> None:
+        self.queued_bytes += len(message)
+        self._outbox.put_nowait(message)
 
     def _reset(self, stream_id: int, reason: str) -> None:
         stream = self._streams.get(stream_id)
