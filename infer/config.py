@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # Enrolment codes (infer/keys/enrollment.py): their lifetime, redemptions per address.
     enrollment_code_ttl: int = Field(default=900, ge=60, le=7 * 24 * 3600)
     enrollment_limit_address: str = "20/hour"
+    # Tunnel connections per node (infer/tunnel/routes.py): an agent reconnecting in a loop
+    # costs a transaction and a health check each time; honest ones back off for seconds.
+    tunnel_limit_node: str = "30/minute"
     graphql_max_depth: int = Field(default=12, ge=1)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=2000, ge=1)
@@ -190,6 +193,7 @@ class Settings(BaseSettings):
         "market_limit_address",
         "review_limit_user",
         "enrollment_limit_address",
+        "tunnel_limit_node",
     )
     @classmethod
     def _rate_limit(cls, value: str) -> str:

@@ -375,3 +375,25 @@ async def test_the_replica_hop_listener_leaves_the_public_servers_access_log_on(
     async with started(settings) as (_, resources):
         assert resources.tunnels.replica.url is not None  # the hop's listener is up
         assert access.propagate, "starting the hop's listener silenced the access log"
+
+
+async def test_an_agent_reconnecting_in_a_loop_is_held_off(
+    settings: Settings, db: Database
+) -> None:
+    limited = settings.model_copy(update={"tunnel_limit_node": "2/minute"})
+    with serve_in_thread(create_app(limited), lifespan="on") as url:
+        market = Market(url, db)
+        await market.setup(credits=0)
+        try:
+            node_id = await tunnel_node(market)
+            for _ in range(2):
+                async with agent(market, node_id) as ws:
+                    assert isinstance(protocol.decode(str(await ws.recv())), protocol.Hello)
+            code, reason = await refusal(market, node_id)
+            assert code == protocol.CLOSE_TOO_MANY
+            assert "too often" in reason
+            other = await tunnel_node(market, "other")  # counted per node
+            async with agent(market, other) as ws:
+                assert isinstance(protocol.decode(str(await ws.recv())), protocol.Hello)
+        finally:
+            await market.close()

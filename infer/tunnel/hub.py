@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlmodel import col
+from sqlmodel import col, select
 
 from infer.db import Database
 from infer.models import Node, NodeStatus, NodeTunnel, utcnow
@@ -106,12 +106,19 @@ class TunnelHub:
         now = utcnow()
         elsewhere: tuple[str, uuid.UUID] | None = None
         async with self.db.transaction() as session:
-            before = await session.get(NodeTunnel, tunnel.node_id)
-            if before is not None and before.replica != self.replica.id and before.replica_url:
-                elsewhere = (before.replica_url, before.session)
-            if before is not None:
-                await session.delete(before)
-                await session.flush()
+            before = (
+                await session.exec(
+                    select(NodeTunnel.replica, NodeTunnel.replica_url, NodeTunnel.session).where(
+                        NodeTunnel.node_id == tunnel.node_id
+                    )
+                )
+            ).first()
+            if before is not None and before[0] != self.replica.id and before[1]:
+                elsewhere = (before[1], before[2])
+            # By key, not by the row read: the old holder may delete it meanwhile.
+            await session.exec(
+                sa.delete(NodeTunnel).where(col(NodeTunnel.node_id) == tunnel.node_id)
+            )
             session.add(
                 NodeTunnel(
                     node_id=tunnel.node_id,

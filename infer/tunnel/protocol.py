@@ -60,6 +60,7 @@ CLOSE_REPLACED = 4409  # a newer tunnel for the same node took over
 CLOSE_PROTOCOL = 1002  # a malformed or out-of-order message
 CLOSE_TOO_BIG = 1009
 CLOSE_GOING_AWAY = 1001  # the platform process is stopping: reconnect
+CLOSE_TOO_MANY = 4429  # the node's tunnel reconnected too often: the agent backs off
 CLOSE_SLOW = 4408  # the peer did not read what was sent to it in time
 PERMANENT_CLOSES = frozenset({CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_NOT_FOUND})
 

@@ -27,6 +27,7 @@ from infer.tunnel.protocol import ProtocolError
 from infer.tunnel.session import Tunnel
 
 KEY_RECHECK = 30.0
+TOO_MANY = "this node's tunnel reconnects too often; try again in a minute"
 UNAVAILABLE = "the platform cannot take tunnels now; try again later"
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ async def node_tunnel(websocket: WebSocket) -> None:
     except Exception:  # the database is away: the agent tries again after its backoff
         log.warning("could not admit a tunnel", exc_info=True)
         await websocket.close(code=1011, reason=UNAVAILABLE)
+        return
+    if not await resources.limiter.hit(
+        resources.settings.tunnel_limit_node, "tunnel", str(node_id)
+    ):
+        await websocket.close(code=protocol.CLOSE_TOO_MANY, reason=TOO_MANY)
         return
     hub = resources.tunnels
 
