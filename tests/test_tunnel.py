@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -327,7 +328,6 @@ async def test_a_tunnel_that_moves_to_another_process_is_closed_on_the_first(
 
 async def test_the_replica_hop_refuses_what_is_not_signed(market: Market) -> None:
     import hashlib
-    import time
 
     import httpx
 
@@ -397,3 +397,27 @@ async def test_an_agent_reconnecting_in_a_loop_is_held_off(
                 assert isinstance(protocol.decode(str(await ws.recv())), protocol.Hello)
         finally:
             await market.close()
+
+
+async def test_a_strangers_hop_is_refused_before_its_body_is_read(market: Market) -> None:
+    node_id = await tunnel_node(market)
+    async with agent(market, node_id) as ws:
+        await ws.recv()
+        [row] = await tunnel_rows(market)
+        assert row.replica_url is not None
+        host, port = row.replica_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        stamp = str(int(time.time()))
+        writer.write(
+            (
+                f"POST /tunnel-hop HTTP/1.1\r\nhost: {host}\r\ncontent-length: 30000000\r\n"
+                f"x-infer-hop-node: {node_id}\r\nx-infer-hop-method: POST\r\n"
+                f"x-infer-hop-path: /api/chat\r\nx-infer-hop-time: {stamp}\r\n"
+                f"x-infer-hop-head: {'0' * 64}\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        # Answered without one byte of the 30 MB it announced.
+        status = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 403")
