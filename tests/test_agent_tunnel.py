@@ -630,3 +630,24 @@ async def test_a_runtime_failure_is_one_line_on_its_stream(
         outcome = (await collect(ws, {1}))[1]
     assert outcome.last == Signal("error", 1, message)
     assert (outcome.head is not None) == (case == "broken")
+
+
+def test_the_status_line_leaves_the_tunnels_state_to_the_tunnel() -> None:
+    from infer.agent.gpu import GpuInfo
+    from infer.agent.loop import describe
+    from infer.agent.platform import RegisteredNode
+    from infer.agent.register import Registration
+
+    registration = Registration(
+        name="box",
+        runtime="ollama",
+        endpoint="http://127.0.0.1:11434",
+        models=("llama3.2:1b",),
+        prices=(),
+        gpu=GpuInfo(vendor="cpu", memory_bytes=1 << 34, cpu_count=8),
+        tunnel=True,
+    )
+    stale = RegisteredNode("n", "offline", "the node's tunnel is not connected")
+    broken = RegisteredNode("n", "offline", "cannot connect to the node")
+    assert describe(registration, stale) == "llama3.2:1b"
+    assert describe(registration, broken) == "llama3.2:1b  (offline: cannot connect to the node)"

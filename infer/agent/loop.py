@@ -97,7 +97,9 @@ def describe(registration: Registration, node: RegisteredNode | None) -> str:
     if len(registration.models) > MODELS_SHOWN:
         models.append(f"+{len(registration.models) - MODELS_SHOWN} more")
     text = ", ".join(models) or "no models yet"
-    if node is not None and node.status_reason:
+    # The platform's word at registration; about the tunnel it is stale at once (the
+    # tunnel's own state is shown beside it, live).
+    if node is not None and node.status_reason and "tunnel" not in node.status_reason:
         text += f"  ({node.status}: {node.status_reason})"
     return text
 
