@@ -255,6 +255,23 @@ def test_keys_by_keyboard_alone(
     expect(page).to_have_url(re.compile(r"/login$"))
 
 
+def test_a_new_keys_secret_has_the_focus_when_it_comes_as_a_whole_page(
+    platform: Platform, new_page: Callable[..., Page]
+) -> None:
+    """The form sent natively (before htmx took over a just-swapped form, or without htmx)."""
+    email = "native@example.com"
+    platform.sign_up(email)
+    page = new_page()
+    log_in(page, platform.url, email)
+    page.goto(f"{platform.url}/keys")
+    form = page.locator("form.key-create")
+    form.evaluate("f => { f.removeAttribute('hx-post'); htmx.process(document.body); }")
+    page.get_by_role("textbox", name=re.compile(r"^Name\b")).fill("native key")
+    with page.expect_navigation():
+        form.evaluate("f => f.submit()")
+    expect(page.get_by_label("Secret key")).to_be_focused()
+
+
 def test_every_page_in_light_and_dark(
     new_page: Callable[..., Page],
     platform: Platform,

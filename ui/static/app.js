@@ -45,9 +45,17 @@
 
   // After a form comes back with errors, the first invalid field gets the focus; a
   // swapped block may name the element to focus with data-focus.
+  function focusIn(root, selector) {
+    var target = root.querySelector(selector);
+    if (target && !target.closest("[hx-trigger*=every]")) target.focus();
+  }
+
   document.addEventListener("htmx:afterSettle", function (event) {
     var root = event.detail.elt && event.detail.elt.isConnected ? event.detail.elt : document;
-    var target = root.querySelector("[aria-invalid=true], [data-focus]");
-    if (target && !target.closest("[hx-trigger*=every]")) target.focus();
+    focusIn(root, "[aria-invalid=true], [data-focus]");
   });
+
+  // A result that names its focus (a new key's secret) when it came as a whole page: a
+  // form sent before htmx took it over (just swapped in), or by a browser without htmx.
+  document.addEventListener("DOMContentLoaded", function () { focusIn(document, "[data-focus]"); });
 })();
